@@ -1,0 +1,291 @@
+"""The run config: one flat dataclass per task, presets, overrides and validation.
+
+A field's name is its YAML key, its CLI option (`--lr=3e-3`), its W&B config key and its sweep
+parameter. Resolution order: field defaults < preset < `--config FILE` < explicit CLI options.
+This module imports no torch: `blueberry --help` and `sweep validate` read it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from blueberry.errors import UserError
+
+
+def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None,
+           min: float | None = None, max: float | None = None,
+           min_exclusive: bool = False) -> Any:
+    """A config field with the help text and bounds the CLI and validation use."""
+    return field(default=default, metadata={"help": help, "choices": choices, "min": min,
+                                            "max": max, "min_exclusive": min_exclusive})
+
+
+@dataclass
+class RunConfig:
+    """Fields every task shares: run identity, optimisation, schedule, evaluation, tracking."""
+
+    task: ClassVar[str] = ""
+    default_preset: ClassVar[str] = ""
+
+    # run identity
+    preset: str = option("", "Preset the run starts from (YAML in blueberry/presets); applied before every other field.")
+    name: str = option("", "Run name; the run dir is OUT_DIR/NAME-YYYYmmdd_HHMMSS. Default: the preset name.")
+    out_dir: str = option("runs", "Folder that holds run dirs.")
+    seed: int = option(0, "Seed for initialisation, dropout and data order.", min=0)
+    resume: str = option("", "Continue a run: a run dir, a checkpoint dir, or 'auto' (this SLURM job's run dir, else the newest unfinished run of this name).")
+
+    # budget
+    max_steps: int = option(200, "Length of the run in OPTIMIZER steps; the LR schedule spans exactly this.", min=1)
+    stop_at_step: int = option(0, "Checkpoint and stop at this optimizer step though the schedule spans max_steps (time-sliced jobs); 0 = run to max_steps.", min=0)
+    batch_size: int = option(16, "Micro-batch size per process.", min=1)
+    grad_accum: int = option(1, "Micro-batches per optimizer step (per process).", min=1)
+
+    # optimisation
+    optimizer: str = option("adamw", "adamw, or muon = Muon on hidden matrices (expert matrices included) + AdamW on the rest.", choices=("adamw", "muon"))
+    lr: float = option(1e-3, "Peak AdamW learning rate (embeddings, norms, router and everything when optimizer=adamw).", min=0, min_exclusive=True)
+    muon_lr: float = option(0.02, "Peak Muon learning rate (optimizer=muon).", min=0, min_exclusive=True)
+    muon_momentum: float = option(0.95, "Muon Nesterov momentum.", min=0, max=1)
+    weight_decay: float = option(0.1, "Decoupled weight decay on matrices (AdamW and Muon); vectors are not decayed.", min=0)
+    beta1: float = option(0.9, "AdamW beta1.", min=0, max=1)
+    beta2: float = option(0.95, "AdamW beta2.", min=0, max=1)
+    grad_clip: float = option(1.0, "Clip the global gradient norm to this; 0 = no clipping.", min=0)
+    dropout: float = option(0.0, "Dropout probability.", min=0, max=1)
+
+    # schedule (all counted in optimizer steps)
+    schedule: str = option("cosine", "LR schedule after warmup.", choices=("cosine", "constant", "linear", "wsd"))
+    warmup_steps: int = option(20, "Linear warmup length in optimizer steps.", min=0)
+    min_lr_ratio: float = option(0.1, "Final LR as a fraction of the peak (cosine, linear, wsd).", min=0, max=1)
+    wsd_decay_frac: float = option(0.2, "Fraction of max_steps the wsd schedule spends decaying at the end.", min=0, max=1, min_exclusive=True)
+
+    # precision
+    mixed_precision: str = option("no", "Autocast precision (fp16 needs a GPU).", choices=("no", "bf16", "fp16"))
+
+    # evaluation, logging, checkpoints
+    eval_every: int = option(50, "Evaluate every this many optimizer steps (and at step 0 and the end).", min=1)
+    eval_batches: int = option(10, "Validation micro-batches per process at each evaluation.", min=1)
+    log_every: int = option(1, "Log training metrics every this many optimizer steps.", min=1)
+    early_stop_patience: int = option(0, "Stop after this many evaluations without improving the best metric; 0 = never.", min=0)
+    early_stop_min_delta: float = option(0.0, "Improvement smaller than this does not count for early stopping.", min=0)
+    save_every: int = option(0, "Checkpoint every this many optimizer steps; 0 = only at the end (and at each new best if save_best).", min=0)
+    keep_last: int = option(2, "Step checkpoints to keep (the best is always kept).", min=1)
+    save_best: bool = option(True, "Keep a checkpoint of the best evaluation (checkpoints/best).")
+
+    # Weights & Biases
+    wandb_project: str = option("blueberry", "W&B project.")
+    wandb_entity: str = option("", "W&B entity (team or user); empty = your default.")
+    wandb_group: str = option("", "W&B group (e.g. the study name).")
+    wandb_tags: str = option("", "Comma-separated W&B tags.")
+    wandb_mode: str = option("online", "online (falls back to offline with a notice when there is no key or no server), offline, or disabled.", choices=("online", "offline", "disabled"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": self.task, **dataclasses.asdict(self)}
+
+    def validate(self) -> None:
+        """Check every field's bounds, then the relations between fields; raise UserError."""
+        for f in fields(self):
+            _check_bounds(f, getattr(self, f.name))
+        if self.stop_at_step > self.max_steps:
+            raise UserError(f"stop_at_step={self.stop_at_step}: must be <= max_steps ({self.max_steps}) or 0")
+        if self.warmup_steps >= self.max_steps and self.max_steps > 1:
+            raise UserError(f"warmup_steps={self.warmup_steps}: must be < max_steps ({self.max_steps})")
+
+    @property
+    def tags(self) -> list[str]:
+        return [t.strip() for t in self.wandb_tags.split(",") if t.strip()]
+
+
+@dataclass
+class LMConfig(RunConfig):
+    """A decoder-only (MoE) language model on a text corpus."""
+
+    task: ClassVar[str] = "lm"
+    default_preset: ClassVar[str] = "lm-tiny"
+
+    # data
+    data: str = option("synthetic", "'synthetic' (embedded, offline), a local .txt/.jsonl/.json/.parquet file or folder, or hf:NAME for a hub dataset (streamed).")
+    data_subset: str = option("", "Hub dataset subset/config name (e.g. cosmopedia-v2).")
+    data_split: str = option("train", "Hub dataset split to stream.")
+    text_field: str = option("text", "Column holding the text in jsonl/parquet/hub data.")
+    max_docs: int = option(0, "Use at most this many documents; 0 = all (required for hub data).", min=0)
+    synthetic_docs: int = option(4000, "Documents the synthetic corpus generates.", min=2)
+    val_fraction: float = option(0.05, "Fraction of DOCUMENTS held out for validation (split before tokenisation).", min=0, max=1, min_exclusive=True)
+    data_seed: int = option(0, "Seed of the train/val document split and of the synthetic corpus; separate from seed so seed repeats share data.", min=0)
+    tokenizer: str = option("bpe:2048", "bpe:N = byte-level BPE with N tokens trained on the train split, or a pretrained Hugging Face tokenizer name.")
+    cache_dir: str = option("", "Token cache folder; empty = $BLUEBERRY_CACHE or ~/.cache/blueberry.")
+    seq_len: int = option(128, "Tokens per training window (windows do not overlap).", min=2)
+    leak_ngram: int = option(32, "Span length of the train/val overlap check.", min=4)
+    leak_warn: float = option(0.01, "Warn when more than this fraction of val windows share a leak_ngram span with train.", min=0, max=1)
+
+    # model
+    d_model: int = option(128, "Residual stream width.", min=8)
+    n_layers: int = option(4, "Transformer blocks.", min=1)
+    n_heads: int = option(4, "Attention heads.", min=1)
+    d_ff: int = option(512, "Hidden width of the dense SwiGLU FFN (n_experts=0).", min=1)
+    rope_theta: float = option(10000.0, "RoPE base.", min=1)
+    attention: str = option("mha", "mha = multi-head attention, mla = DeepSeek-V3 multi-head latent attention.", choices=("mha", "mla"))
+    mla_kv_rank: int = option(64, "MLA: rank of the compressed key/value latent.", min=1)
+    mla_q_rank: int = option(0, "MLA: rank of the compressed query latent; 0 = no query compression.", min=0)
+    mla_rope_dim: int = option(16, "MLA: per-head dimension of the decoupled RoPE key/query part (even).", min=2)
+    n_experts: int = option(4, "Routed experts per MoE layer; 0 = dense SwiGLU FFN.", min=0)
+    top_k: int = option(2, "Experts each token is routed to.", min=1)
+    expert_d_ff: int = option(256, "Hidden width of each SwiGLU expert.", min=1)
+    n_shared_experts: int = option(0, "Always-on shared experts (DeepSeek style), each expert_d_ff wide.", min=0)
+    router: str = option("softmax", "softmax = Mixtral-style top-k of softmax; sigmoid = DeepSeek-V3 sigmoid scores with a score-correction bias.", choices=("softmax", "sigmoid"))
+    router_renorm: bool = option(True, "Renormalise the k selected routing weights to sum to 1.")
+    lb_weight: float = option(0.01, "Weight of the Switch load-balancing loss E*sum(f_i*P_i); 0 = off.", min=0)
+    z_loss_weight: float = option(0.0, "Weight of the router z-loss mean(logsumexp(logits)^2); 0 = off.", min=0)
+    bias_update_rate: float = option(0.0, "Aux-loss-free balancing: step of the routing bias toward equal load after each optimizer step; 0 = off.", min=0)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.d_model % self.n_heads:
+            raise UserError(f"n_heads={self.n_heads}: must divide d_model ({self.d_model})")
+        if self.n_experts and self.top_k > self.n_experts:
+            raise UserError(f"top_k={self.top_k}: must be <= n_experts ({self.n_experts})")
+        if self.attention == "mla" and self.mla_rope_dim % 2:
+            raise UserError(f"mla_rope_dim={self.mla_rope_dim}: must be even")
+        if (self.d_model // self.n_heads) % 2:
+            raise UserError(f"n_heads={self.n_heads}: head dim d_model/n_heads must be even for RoPE")
+        if not (self.tokenizer.startswith("bpe:") and self.tokenizer[4:].isdigit()) and \
+                (not self.tokenizer or self.tokenizer.startswith("bpe")):
+            raise UserError(f"tokenizer={self.tokenizer!r}: use bpe:N (e.g. bpe:8192) or a Hugging Face tokenizer name")
+        if self.data.startswith("hf:") and not self.max_docs:
+            raise UserError("max_docs=0: hub datasets are streamed; set max_docs (e.g. --max_docs 20000)")
+
+
+TASK_CONFIGS: dict[str, type[RunConfig]] = {"lm": LMConfig}
+
+
+# --- presets and resolution -------------------------------------------------------------------
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("blueberry.presets").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def load_preset(name: str, cls: type[RunConfig]) -> dict[str, Any]:
+    names = preset_names()
+    if name not in names:
+        raise UserError(f"preset={name!r}: unknown; allowed: {', '.join(names)}")
+    values = _read_yaml(resources.files("blueberry.presets").joinpath(f"{name}.yaml"), f"preset {name}")
+    task = values.pop("task", cls.task)
+    if task != cls.task:
+        raise UserError(f"preset={name!r}: is a {task} preset, not {cls.task}; allowed: "
+                        f"{', '.join(n for n in names if preset_task(n) == cls.task)}")
+    return values
+
+
+def preset_task(name: str) -> str:
+    return _read_yaml(resources.files("blueberry.presets").joinpath(f"{name}.yaml"), name).get("task", "")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{path}: config file not found")
+    return _read_yaml(p, str(path))
+
+
+def _read_yaml(src: Any, label: str) -> dict[str, Any]:
+    try:
+        values = yaml.safe_load(src.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{label}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{label}: must be a mapping of field: value")
+    return values
+
+
+def resolve(cls: type[RunConfig], *, preset: str | None = None, file_values: dict[str, Any] | None = None,
+            cli_values: dict[str, Any] | None = None, base: dict[str, Any] | None = None,
+            source: str = "config") -> RunConfig:
+    """Build and validate a config: defaults < preset (or `base`) < file values < CLI values.
+
+    `base` replaces the preset layer (a resumed run's saved config).
+    """
+    file_values = dict(file_values or {})
+    cli_values = dict(cli_values or {})
+    file_values.pop("task", None)
+    if base is None:
+        chosen = cli_values.get("preset") or preset or file_values.get("preset") or cls.default_preset
+        base = {**load_preset(chosen, cls), "preset": chosen}
+    values: dict[str, Any] = {}
+    for layer, label in ((base, "preset"), (file_values, source), (cli_values, "option")):
+        for key, value in layer.items():
+            values[key] = coerce(cls, key, value, label)
+    cfg = cls(**values)
+    if not cfg.name:
+        cfg.name = cfg.preset or cls.task
+    cfg.validate()
+    return cfg
+
+
+def field_map(cls: type[RunConfig]) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in fields(cls)}
+
+
+def coerce(cls: type[RunConfig], key: str, value: Any, label: str = "config") -> Any:
+    """Convert a YAML/CLI value to the field's type, or raise UserError naming the field."""
+    fmap = field_map(cls)
+    if key not in fmap:
+        close = difflib.get_close_matches(key, fmap, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else f"; see `blueberry train {cls.task} --help`"
+        raise UserError(f"{label}: unknown field {key!r}{hint}")
+    kind = fmap[key].type
+    try:
+        if kind == "bool":
+            return _to_bool(value)
+        if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            out = float(value)
+            if not math.isfinite(out):
+                raise ValueError
+            return out
+        if value is None:
+            return ""
+        if isinstance(value, (dict, list)):
+            raise ValueError
+        return str(value)
+    except (TypeError, ValueError):
+        allowed = {"bool": "true or false", "int": "an integer", "float": "a number"}.get(kind, "a string")
+        raise UserError(f"{label}: {key}={value!r}: must be {allowed}") from None
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
+def _check_bounds(f: dataclasses.Field, value: Any) -> None:
+    meta = f.metadata
+    if meta.get("choices") and value not in meta["choices"]:
+        raise UserError(f"{f.name}={value!r}: must be one of {', '.join(meta['choices'])}")
+    low, high = meta.get("min"), meta.get("max")
+    if low is not None and (value < low or (meta.get("min_exclusive") and value == low)):
+        op = ">" if meta.get("min_exclusive") else ">="
+        raise UserError(f"{f.name}={value!r}: must be {op} {low}")
+    if high is not None and value > high:
+        raise UserError(f"{f.name}={value!r}: must be <= {high}")
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Text data: corpus sources, tokenizers, the token cache, leakage checks and window packing."""

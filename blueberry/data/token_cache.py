@@ -1,0 +1,187 @@
+"""Tokenise a corpus once and keep the tokens on disk, keyed by everything that shapes them.
+
+An entry tokens/<key>/ holds train.bin and val.bin (documents concatenated, EOS after each),
+tokenizer.json + tokenizer_config.json, and meta.json. It is built in a temporary folder beside
+it and renamed into place, so a reader never sees a half-built entry; of two processes that
+race, the one whose rename loses discards its copy.
+
+Written by hand rather than with `datasets.map` caching: that cache is keyed by fingerprints of
+Python functions (not by the source files' content or the tokenizer that training produced),
+stores tokens as Arrow lists per document instead of one flat array a memmap can window, and is
+not published atomically for several processes or nodes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ContextManager
+
+import datasets
+import numpy as np
+
+from blueberry.data import synthetic_text
+from blueberry.data.leakage import leak_fraction
+from blueberry.data.sources import cache_root, is_local, load_documents, local_files, split_documents
+from blueberry.data.tokenizer import TextTokenizer, build_tokenizer
+
+# Part of the key: bump it whenever the bytes a given config produces change.
+FORMAT_VERSION = 1
+_BATCH_DOCS = 1000
+
+
+@dataclass
+class TextData:
+    """Token arrays of both splits (read-only memmaps) and what the trainer needs to use them."""
+
+    train: np.ndarray
+    val: np.ndarray
+    vocab_size: int
+    eos_id: int
+    tokenizer: TextTokenizer
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def token_key_info(cfg: Any) -> dict[str, Any]:
+    """Everything that shapes the tokens; its hash names the cache entry."""
+    info: dict[str, Any] = {
+        "format": FORMAT_VERSION, "data": cfg.data, "data_subset": cfg.data_subset,
+        "data_split": cfg.data_split, "text_field": cfg.text_field, "max_docs": cfg.max_docs,
+        "data_seed": cfg.data_seed, "val_fraction": cfg.val_fraction, "tokenizer": cfg.tokenizer,
+    }
+    if cfg.data == "synthetic":
+        info["synthetic_docs"] = cfg.synthetic_docs
+        info["synthetic_version"] = synthetic_text.VERSION
+    elif is_local(cfg.data):
+        files = local_files(cfg.data)
+        info["data"] = str(Path(cfg.data).expanduser().resolve())
+        info["files"] = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    return info
+
+
+def token_key(cfg: Any) -> str:
+    text = json.dumps(token_key_info(cfg), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def build_text_data(cfg: Any,
+                    main_process_first: Callable[[], ContextManager] = contextlib.nullcontext
+                    ) -> TextData:
+    """Load the cached tokens for cfg, building them first on a miss.
+
+    `main_process_first` (e.g. Accelerate's `accelerator.main_process_first`) lets rank 0 build
+    while the other ranks wait; they then find the entry and only open it.
+    """
+    tokens_dir = cache_root(cfg) / "tokens"
+    entry = tokens_dir / token_key(cfg)
+    with main_process_first():
+        cache = "hit"
+        if not (entry / "meta.json").is_file():
+            _build(cfg, entry)
+            cache = "miss"
+        data = _open(entry)
+        data.stats.update(cache=cache, cache_path=str(entry), leak_ngram=cfg.leak_ngram,
+                          leak_fraction=_leak(entry, data, cfg.seq_len, cfg.leak_ngram))
+    return data
+
+
+def _open(entry: Path) -> TextData:
+    meta = json.loads((entry / "meta.json").read_text())
+    arrays = {split: np.memmap(entry / f"{split}.bin", dtype=meta["dtype"], mode="r",
+                               shape=(meta[f"{split}_tokens"],)) for split in ("train", "val")}
+    tokenizer = TextTokenizer.load(entry)
+    stats = {"unique_train_tokens": meta["train_tokens"], "val_tokens": meta["val_tokens"],
+             "train_docs": meta["train_docs"], "val_docs": meta["val_docs"]}
+    return TextData(arrays["train"], arrays["val"], meta["vocab_size"], meta["eos_id"], tokenizer,
+                    stats)
+
+
+def _leak(entry: Path, data: TextData, seq_len: int, n: int) -> float:
+    # seq_len is not part of the token key, so one entry serves several (seq_len, n) pairs.
+    meta = json.loads((entry / "meta.json").read_text())
+    name = f"seq_len={seq_len},n={n}"
+    if name not in meta.setdefault("leak", {}):
+        meta["leak"][name] = leak_fraction(data.train, data.val, seq_len, n)
+        with contextlib.suppress(OSError):  # a read-only shared cache: just don't remember it
+            _write_json(entry / "meta.json", meta)
+    return meta["leak"][name]
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(value, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _build(cfg: Any, entry: Path) -> None:
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = entry.parent / f".tmp-{entry.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        docs = load_documents(cfg, cache_dir=tmp / "datasets")
+        train_ds, val_ds = split_documents(docs, cfg.val_fraction, cfg.data_seed)
+        tokenizer = build_tokenizer(cfg.tokenizer, _texts(train_ds))
+        vocab_size = tokenizer.vocab_size
+        dtype = np.uint16 if vocab_size <= 65535 else np.uint32
+        meta = {"key": token_key_info(cfg), "vocab_size": vocab_size, "eos_id": tokenizer.eos_id,
+                "dtype": np.dtype(dtype).name, "train_docs": len(train_ds), "val_docs": len(val_ds),
+                "train_tokens": _write_tokens(tokenizer, train_ds, tmp / "train.bin", dtype, "train"),
+                "val_tokens": _write_tokens(tokenizer, val_ds, tmp / "val.bin", dtype, "val"),
+                "leak": {}}
+        tokenizer.save(tmp)
+        # the Arrow copy of local files was only needed to get here
+        del docs, train_ds, val_ds
+        shutil.rmtree(tmp / "datasets", ignore_errors=True)
+        _write_json(tmp / "meta.json", meta)  # last: an entry with meta.json is complete
+        _publish(tmp, entry)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _publish(tmp: Path, entry: Path) -> None:
+    try:
+        os.rename(tmp, entry)
+    except OSError:
+        if (entry / "meta.json").is_file():  # another process won the race: use its copy
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        # an entry without meta.json was not written by us (renames are whole); set it aside
+        trash = entry.parent / f".trash-{entry.name}-{uuid.uuid4().hex[:8]}"
+        os.rename(entry, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        os.rename(tmp, entry)
+
+
+def _texts(ds: datasets.Dataset) -> Iterator[str]:
+    for batch in ds.iter(batch_size=_BATCH_DOCS):
+        yield from batch["text"]
+
+
+def _write_tokens(tokenizer: TextTokenizer, ds: datasets.Dataset, path: Path, dtype: Any,
+                  split: str) -> int:
+    """Encode `ds` in batches, EOS after each document, appending to `path`; returns the count."""
+    from tqdm.auto import tqdm
+
+    eos = [tokenizer.eos_id]
+    total = 0
+    # delay: the bar appears only when tokenising takes a while (large corpora)
+    with open(path, "wb") as f, tqdm(total=len(ds), desc=f"tokenize {split}", unit="doc",
+                                     delay=3.0) as bar:
+        for batch in ds.iter(batch_size=_BATCH_DOCS):
+            ids = tokenizer.encode_batch(batch["text"])
+            count = sum(len(x) for x in ids) + len(ids)
+            flat = np.fromiter(itertools.chain.from_iterable(x + eos for x in ids), dtype=dtype,
+                               count=count)
+            f.write(flat.tobytes())
+            total += count
+            bar.update(len(ids))
+    return total

@@ -1,0 +1,9 @@
+"""The one exception type for mistakes a user can make (bad config, missing file, offline hub).
+
+The CLI turns it into one line on stderr and exit code 2; anything else is a bug and keeps its
+traceback.
+"""
+
+
+class UserError(Exception):
+    """A problem the user can fix; the message is one line naming the field/file and what is allowed."""

@@ -1,0 +1,1 @@
+"""Optimizers (AdamW, Muon + AdamW hybrid), parameter grouping and LR schedules."""

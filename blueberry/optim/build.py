@@ -1,0 +1,72 @@
+"""Split a model's parameters into optimizer groups and build the optimizer the config names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from blueberry.optim.muon import HybridMuon
+
+
+def partition_params(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Trainable parameters as {"hidden": ..., "other_matrix": ..., "vector": ...}, each exactly once.
+
+    A hidden matrix has ndim >= 2 and no owning module that is an nn.Embedding or sets
+    `muon_exclude = True`. A head tied to the embedding is the embedding and stays off Muon,
+    whichever of the two modules comes first. `muon_exclude` covers the module's whole subtree,
+    so a router that keeps its projection in a child nn.Linear is excluded too. Frozen
+    parameters are left out.
+    """
+    order: dict[int, nn.Parameter] = {}  # by id: Parameter equality is elementwise, not identity
+    excluded: set[int] = set()
+    for module in model.modules():
+        if getattr(module, "muon_exclude", False) is True:
+            excluded.update(id(p) for p in module.parameters())
+        for _, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            order.setdefault(id(p), p)
+            if isinstance(module, nn.Embedding):
+                excluded.add(id(p))
+    parts: dict[str, list[nn.Parameter]] = {"hidden": [], "other_matrix": [], "vector": []}
+    for p in order.values():
+        kind = "vector" if p.ndim < 2 else "other_matrix" if id(p) in excluded else "hidden"
+        parts[kind].append(p)
+    return parts
+
+
+def build_optimizer(model: nn.Module, cfg: Any) -> torch.optim.Optimizer:
+    """AdamW, or HybridMuon (Muon on hidden matrices, AdamW on the rest), per `cfg.optimizer`.
+
+    Groups are named "muon", "adamw_decay", "adamw_no_decay"; empty ones are left out. Vectors
+    (norms, biases) get no weight decay.
+    """
+    parts = partition_params(model)
+    betas = (cfg.beta1, cfg.beta2)
+    if cfg.optimizer == "adamw":
+        groups = [
+            {"name": "adamw_decay", "params": parts["hidden"] + parts["other_matrix"],
+             "weight_decay": cfg.weight_decay},
+            {"name": "adamw_no_decay", "params": parts["vector"], "weight_decay": 0.0},
+        ]
+        groups = [g for g in groups if g["params"]]
+        on_cuda = any(p.is_cuda for g in groups for p in g["params"])
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, fused=True if on_cuda else None)
+    if cfg.optimizer == "muon":
+        groups = [
+            {"name": "muon", "use_muon": True, "params": parts["hidden"], "lr": cfg.muon_lr,
+             "momentum": cfg.muon_momentum, "weight_decay": cfg.weight_decay},
+            {"name": "adamw_decay", "use_muon": False, "params": parts["other_matrix"], "lr": cfg.lr,
+             "betas": betas, "weight_decay": cfg.weight_decay},
+            {"name": "adamw_no_decay", "use_muon": False, "params": parts["vector"], "lr": cfg.lr,
+             "betas": betas, "weight_decay": 0.0},
+        ]
+        return HybridMuon([g for g in groups if g["params"]])
+    raise ValueError(f"optimizer={cfg.optimizer!r}: must be adamw or muon")
+
+
+def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """The current lr of each named group, e.g. {"muon": 0.02, "adamw_decay": 1e-3, ...}."""
+    return {g["name"]: float(g["lr"]) for g in optimizer.param_groups if "name" in g}

@@ -1,0 +1,146 @@
+"""Muon on hidden matrices (stacked expert weights included) and AdamW on the rest, in one optimizer.
+
+Muon: Keller Jordan, https://kellerjordan.github.io/posts/muon/ ; the update follows
+`torch.optim.Muon` (torch/optim/_muon.py) step for step, so a 2-D parameter moves exactly as there.
+One optimizer instead of a Muon + AdamW pair because the trainer, LambdaLR, Accelerate and the
+checkpoint code all expect a single `torch.optim.Optimizer`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim.adam import adam
+from torch.optim.optimizer import _get_scalar_dtype
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+# Per-kind defaults a group gets for the keys it does not set (torch.optim.Muon / AdamW defaults).
+MUON_DEFAULTS: dict[str, Any] = {"lr": 0.02, "momentum": 0.95, "nesterov": True, "weight_decay": 0.1,
+                                 "ns_steps": 5, "ns_coefficients": NS_COEFFICIENTS, "eps": 1e-7}
+ADAMW_DEFAULTS: dict[str, Any] = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2}
+
+
+def zeropower_via_newtonschulz(G: Tensor, steps: int = 5,
+                               coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
+                               eps: float = 1e-7) -> Tensor:
+    """Approximately orthogonalise each trailing matrix of G ([..., A, B]) with a quintic Newton–Schulz.
+
+    Same arithmetic as torch's `_zeropower_via_newtonschulz` (bf16, norm, addmm order), so a 2-D input
+    gives bit-identical output; leading dims are a batch, and each matrix is normalised by its own
+    Frobenius norm so one large expert gradient does not shrink the others. Returns bf16.
+    """
+    if G.ndim < 2:
+        raise ValueError(f"Newton–Schulz needs a matrix or a batch of matrices, got shape {tuple(G.shape)}")
+    a, b, c = coefficients
+    X = G.bfloat16()
+    if X.ndim > 3:
+        X = X.flatten(0, -3)  # baddbmm takes exactly one batch dim
+    tall = G.size(-2) > G.size(-1)
+    if tall:
+        X = X.mT  # iterate on the short side: the Gram matrix is min(A, B)^2
+    if X.ndim == 2:
+        addmm, norm = torch.addmm, X.norm()
+    else:
+        addmm, norm = torch.baddbmm, torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
+    # Frobenius norm >= spectral norm, so this puts every singular value in [0, 1].
+    X = X / norm.clamp(min=eps)
+    for _ in range(steps):
+        gram = X @ X.mT
+        poly = addmm(gram, gram, gram, beta=b, alpha=c)
+        X = addmm(X, poly, X, beta=a)
+    if tall:
+        X = X.mT
+    return X.reshape(G.shape) if G.ndim > 3 else X
+
+
+class HybridMuon(torch.optim.Optimizer):
+    """Muon for groups with `use_muon=True`, torch's AdamW for groups with `use_muon=False`.
+
+    Every group must say `use_muon`. Muon groups: lr, momentum, nesterov, weight_decay, ns_steps
+    (plus ns_coefficients, eps); parameters are [..., out, in] and each trailing matrix is one Muon
+    matrix, so a stacked MoE weight [E, out, in] is E matrices. AdamW groups: lr, betas, eps,
+    weight_decay; their step is `torch.optim.adam.adam(decoupled_weight_decay=True)`, the function
+    `torch.optim.AdamW` runs. Missing keys take MUON_DEFAULTS / ADAMW_DEFAULTS.
+    """
+
+    def __init__(self, params: Iterable[dict[str, Any]]) -> None:
+        # Defaults differ by group kind, so add_param_group fills them; the base class needs none.
+        super().__init__(params, {})
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if not isinstance(param_group, dict) or "use_muon" not in param_group:
+            raise ValueError("HybridMuon: every param group must be a dict with a 'use_muon' key")
+        defaults = MUON_DEFAULTS if param_group["use_muon"] else ADAMW_DEFAULTS
+        param_group = {**defaults, **param_group}
+        super().add_param_group(param_group)
+        if param_group["use_muon"]:
+            for p in param_group["params"]:
+                if p.ndim < 2:
+                    raise ValueError(f"HybridMuon: Muon group holds a parameter of shape {tuple(p.shape)}; "
+                                     "Muon needs matrices, put vectors in an AdamW group")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            if group["use_muon"]:
+                self._muon_step(group)
+            else:
+                self._adamw_step(group)
+        return loss
+
+    def _muon_step(self, group: dict[str, Any]) -> None:
+        lr, wd, momentum = group["lr"], group["weight_decay"], group["momentum"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            grad = p.grad
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
+            buf = state["momentum_buffer"]
+            buf.lerp_(grad, 1 - momentum)
+            update = grad.lerp(buf, momentum) if group["nesterov"] else buf
+            update = zeropower_via_newtonschulz(update, group["ns_steps"], group["ns_coefficients"],
+                                                group["eps"])
+            # Keller's shape scaling sqrt(max(1, out/in)) from each matrix's own (out, in).
+            out_dim, in_dim = p.shape[-2:]
+            p.mul_(1 - lr * wd)
+            p.add_(update, alpha=-lr * math.sqrt(max(1, out_dim / in_dim)))
+
+    def _adamw_step(self, group: dict[str, Any]) -> None:
+        params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
+        has_complex = False
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError("HybridMuon: sparse gradients are not supported")
+            state = self.state[p]
+            if not state:
+                # Same state layout as torch.optim.AdamW (non-fused, non-capturable): step on CPU.
+                state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            has_complex |= torch.is_complex(p)
+            params.append(p)
+            grads.append(p.grad)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            steps.append(state["step"])
+        if not params:
+            return
+        beta1, beta2 = group["betas"]
+        # foreach/fused left None: adam() then picks what torch.optim.AdamW picks by default.
+        adam(params, grads, exp_avgs, exp_avg_sqs, [], steps, has_complex=has_complex,
+             decoupled_weight_decay=True, amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
+             weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
+             grad_scale=getattr(self, "grad_scale", None), found_inf=getattr(self, "found_inf", None))

@@ -1,0 +1,129 @@
+"""The run dir (DESIGN contract 3): naming, atomic files, metrics rows, summary, checkpoint lookup.
+
+runs/<name>-<YYYYmmdd_HHMMSS>[-j<SLURM_JOB_ID>]/
+    config.yaml     the resolved config
+    metrics.jsonl   one JSON row per log call, flushed as written
+    summary.json    status, final and best metrics, params, wall time (rewritten atomically)
+    checkpoints/    step-NNNNNNN/ (Accelerate state), best -> step-NNNNNNN
+
+Training writes it; reports, resume, sweeps and SLURM requeue read only this. No torch here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+CHECKPOINTS = "checkpoints"
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def slurm_job_tag() -> str:
+    """'j<job>' or 'j<array job>_<task>' under SLURM, '' elsewhere."""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array_job and task:
+        return f"j{array_job}_{task}"
+    job = os.environ.get("SLURM_JOB_ID")
+    return f"j{job}" if job else ""
+
+
+def create_run_dir(out_dir: str | Path, name: str) -> Path:
+    """Make a new, unique run dir; two runs starting in the same second get -2, -3, ..."""
+    stamp = time.strftime("%Y%m%d_%H%M%S")
+    tag = slurm_job_tag()
+    base = f"{name}-{stamp}" + (f"-{tag}" if tag else "")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    for i in range(1, 1000):
+        path = Path(out_dir) / (base if i == 1 else f"{base}-{i}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        (path / CHECKPOINTS).mkdir()
+        return path
+    raise RuntimeError(f"could not create a unique run dir for {base} in {out_dir}")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a whole file or nothing: a crash leaves the previous version in place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """All rows; a torn last line (a kill mid-write) is skipped, never fatal."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Drop rows logged after `step` (a resumed run re-logs them), atomically."""
+    rows = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
+    write_atomic(Path(run_dir) / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / SUMMARY
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    write_atomic(Path(run_dir) / SUMMARY, json.dumps(summary, indent=2, default=float) + "\n")
+
+
+def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete step checkpoints, oldest first (temporary folders of a crashed save are ignored)."""
+    folder = Path(run_dir) / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    found = []
+    for p in folder.iterdir():
+        m = STEP_DIR.match(p.name)
+        if m and p.is_dir() and not p.is_symlink():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def find_resumable(out_dir: str | Path, name: str) -> Path | None:
+    """For --resume auto: this SLURM job's run dir if it has a checkpoint, else the newest
+    unfinished run named `name` that has one."""
+    root = Path(out_dir)
+    if not root.is_dir():
+        return None
+    tag = slurm_job_tag()
+    candidates = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(f"{name}-")
+                  and latest_checkpoint(p) is not None]
+    if tag:
+        candidates = [p for p in candidates if re.search(rf"-{re.escape(tag)}(-\d+)?$", p.name)]
+    else:
+        candidates = [p for p in candidates if read_summary(p).get("status") != "finished"]
+    return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
