@@ -95,7 +95,8 @@ def resolve_train_config(cls: type[RunConfig], cli_values: dict, config_file: st
     if ckpt is None:
         return cfg, None
     saved = read_config_file(ckpt.parent.parent / "config.yaml")
-    cfg = resolve(cls, base={k: v for k, v in saved.items() if k != "task"}, file_values=file_values,
+    per_invocation = ("task", "resume", "stop_at_step")   # where this process stops is not inherited
+    cfg = resolve(cls, base={k: v for k, v in saved.items() if k not in per_invocation}, file_values=file_values,
                   cli_values=cli_values, source=config_file or "config")
     return cfg, ckpt
 

@@ -44,7 +44,7 @@ class RunConfig:
 
     # budget
     max_steps: int = option(200, "Length of the run in OPTIMIZER steps; the LR schedule spans exactly this.", min=1)
-    stop_at_step: int = option(0, "Checkpoint and stop at this optimizer step though the schedule spans max_steps (time-sliced jobs); 0 = run to max_steps.", min=0)
+    stop_at_step: int = option(0, "Checkpoint and stop at this optimizer step though the schedule spans max_steps (time-sliced jobs); 0 = run to max_steps. Not inherited by --resume.", min=0)
     batch_size: int = option(16, "Micro-batch size per process.", min=1)
     grad_accum: int = option(1, "Micro-batches per optimizer step (per process).", min=1)
 
@@ -94,8 +94,6 @@ class RunConfig:
             _check_bounds(f, getattr(self, f.name))
         if self.stop_at_step > self.max_steps:
             raise UserError(f"stop_at_step={self.stop_at_step}: must be <= max_steps ({self.max_steps}) or 0")
-        if self.warmup_steps >= self.max_steps and self.max_steps > 1:
-            raise UserError(f"warmup_steps={self.warmup_steps}: must be < max_steps ({self.max_steps})")
 
     @property
     def tags(self) -> list[str]:

@@ -1,7 +1,10 @@
 """Every test runs isolated from the user's machine: W&B offline into a temp dir, a temp token
 cache, no API key, no SLURM job variables. Subprocesses inherit this environment."""
 
+import atexit
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -10,6 +13,7 @@ from pathlib import Path
 import pytest
 
 _BASE = Path(tempfile.mkdtemp(prefix="blueberry-tests-"))
+atexit.register(shutil.rmtree, _BASE, ignore_errors=True)
 for _var in ("WANDB_API_KEY", "WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_BASE_URL", "WANDB_PROJECT",
              "WANDB_ENTITY", "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
     os.environ.pop(_var, None)
@@ -28,9 +32,10 @@ TINY = ["--d_model=32", "--n_layers=1", "--n_heads=2", "--expert_d_ff=64", "--d_
 
 
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`blueberry ARGS` in a fresh interpreter, as a user types it."""
+    """`blueberry ARGS` in a fresh interpreter, as a user types it; env values of None unset a variable."""
+    merged = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "blueberry.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+                          text=True, timeout=timeout, env={k: v for k, v in merged.items() if v is not None})
 
 
 def run_dirs(out: Path) -> list[Path]:
@@ -43,3 +48,17 @@ def cli(tmp_path):
         return run_cli(*args, cwd=tmp_path, env=env, timeout=timeout)
     call.cwd = tmp_path
     return call
+
+
+def wandb_offline_run(run_dir: Path) -> tuple[dict, list[dict]]:
+    """(summary object, history rows) of the one offline W&B run in a run dir, read back with
+    `wandb leet inspect` as a user would."""
+    runs = sorted((Path(run_dir) / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs
+    wandb = str(Path(sys.executable).with_name("wandb"))
+    summary = json.loads(subprocess.run([wandb, "leet", "inspect", "--summary", "--json", str(runs[0])],
+                                        capture_output=True, text=True, check=True).stdout)
+    records = subprocess.run([wandb, "leet", "inspect", "--json", str(runs[0])],
+                             capture_output=True, text=True, check=True).stdout.splitlines()
+    history = [json.loads(line)["history"] for line in records if '"type":"history"' in line]
+    return summary, [{**h["item"], "step": h["step"]["num"]} for h in history]

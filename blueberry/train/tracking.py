@@ -54,6 +54,7 @@ class Tracker:
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self.wandb_run = None
+        self.mode = "disabled"    # the W&B mode actually in use
         self._metrics = None
 
     def start(self, config: dict[str, Any], *, mode: str, project: str, entity: str, group: str,
@@ -66,6 +67,9 @@ class Tracker:
 
     def _init_wandb(self, config, mode, project, entity, group, tags, run_id):
         import wandb
+
+        if os.environ.get("WANDB_MODE") == "":
+            del os.environ["WANDB_MODE"]   # an empty value fails wandb's settings validation
 
         kwargs = dict(project=project, entity=entity or None, group=group or None, tags=tags or None,
                       name=self.run_dir.name, dir=str(self.run_dir), config=config,
@@ -83,6 +87,7 @@ class Tracker:
                        + ("; retrying offline" if attempt == "online" else "; W&B disabled for this run"))
                 continue
             self._check_sweep_config(run, config)
+            self.mode = attempt
             return run
         return None
 

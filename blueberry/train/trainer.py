@@ -63,6 +63,8 @@ def train(cfg: RunConfig, task, resume_ckpt: Path | None = None) -> tuple[Path, 
     if cfg.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise UserError("mixed_precision=fp16: needs a GPU; use bf16 or no on CPU")
     run_dir = _open_run_dir(cfg, resume_ckpt, accelerator)
+    if cfg.warmup_steps >= cfg.max_steps and accelerator.is_main_process:
+        notice(f"warmup_steps={cfg.warmup_steps} >= max_steps={cfg.max_steps}: the LR never reaches its peak")
 
     set_seed(cfg.seed)
     data = task.build_data(cfg, accelerator)
@@ -262,7 +264,7 @@ class _Loop:
                            group=cfg.wandb_group, tags=cfg.tags, run_id=state.wandb_id if resumed else None)
         if self.acc.is_main_process:
             state.wandb_id = self.tracker.wandb_id or state.wandb_id
-            self.wandb_mode = mode if self.tracker.wandb_run is not None else "disabled"
+            self.wandb_mode = self.tracker.mode
             notice(f"run dir {self.run_dir}; params total {self.params['total']:,}"
                    + (f", active {self.params['active']:,}" if self.params.get("active") != self.params["total"] else "")
                    + f"; W&B {self.wandb_mode}" + (f" ({self.tracker.wandb_run.url})" if self.wandb_mode == "online" else ""))
