@@ -61,4 +61,6 @@ def wandb_offline_run(run_dir: Path) -> tuple[dict, list[dict]]:
     records = subprocess.run([wandb, "leet", "inspect", "--json", str(runs[0])],
                              capture_output=True, text=True, check=True).stdout.splitlines()
     history = [json.loads(line)["history"] for line in records if '"type":"history"' in line]
+    run_record = next(json.loads(line)["run"] for line in records if '"type":"run"' in line)
+    summary["run_group"] = run_record.get("run_group")   # the summary view leaves the group out
     return summary, [{**h["item"], "step": h["step"]["num"]} for h in history]

@@ -35,12 +35,18 @@ EXIT_PREEMPTED = 75     # EX_TEMPFAIL: checkpointed on SIGUSR1/SIGTERM; requeue 
 class PreemptSignal:
     """Turns SIGUSR1 / SIGTERM into a flag the loop checks after each optimizer step."""
 
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
     def __init__(self):
         self.received: int | None = None
+        self._previous: dict = {}
 
     def install(self) -> None:
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(sig, self._handle)
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum, _frame) -> None:
         self.received = signum
@@ -159,13 +165,14 @@ class _Loop:
             else:
                 self.status = "finished" if state.step >= cfg.max_steps else "stopped"
             self._save()
-        except BaseException:
-            self.status = "failed"
+        except BaseException as e:
+            self.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
             self._write_summary()
             self.tracker.finish(exit_code=1)
-            bar.close()
             raise
-        bar.close()
+        finally:
+            bar.close()
+            self.preempt.uninstall()
         self._write_summary()
         self.tracker.finish(exit_code=0 if exit_code == 0 else exit_code)
         if acc.is_main_process:
