@@ -132,7 +132,11 @@ def test_pretrained_tokenizer_fails_fast_when_offline(no_hub):
 def test_hub_probe_is_bounded_even_when_the_network_hangs(monkeypatch):
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: time.sleep(5))
+    def hang(*args, **kwargs):   # a network that neither answers nor refuses, then times out
+        time.sleep(5)
+        raise OSError("timed out")
+
+    monkeypatch.setattr(urllib.request, "urlopen", hang)
     start = time.monotonic()
     assert hub.hub_reachable(timeout=0.2) is False
     assert time.monotonic() - start < 2
