@@ -36,6 +36,22 @@ def test_ns_batched_orthogonalises_each_matrix_on_its_own(shape):
         assert torch.equal(o, _ref_ns(m))
 
 
+def test_ns_in_fp32_on_cpu_agrees_with_torch_bf16_to_bf16_precision():
+    """On the CPU the default runs Newton–Schulz in fp32 (bf16 is emulated there, ~30x slower)."""
+    gen = torch.Generator().manual_seed(5)
+    init = torch.randn(24, 16, generator=gen)
+    grads = [[torch.randn_like(init)] for _ in FACTORS]
+    ours, ref = nn.Parameter(init.clone()), nn.Parameter(init.clone())
+    hp = {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.1}
+    opt = HybridMuon([{"params": [ours], "use_muon": True, **hp}])
+    assert zeropower_via_newtonschulz(init, dtype=torch.float32).dtype == torch.float32
+    _run(opt, [ours], grads)
+    _run(torch.optim.Muon([ref], **hp), [ref], grads)
+    moved_ours, moved_ref = ours.detach() - init, ref.detach() - init
+    assert not torch.equal(moved_ours, moved_ref)                      # not the bf16 path
+    assert torch.allclose(moved_ours, moved_ref, atol=2e-2 * moved_ref.abs().max().item())
+
+
 def _run(opt, params, grads_per_step):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: FACTORS[s % len(FACTORS)])
     for grads in grads_per_step:
@@ -52,7 +68,7 @@ def test_hybrid_muon_matches_torch_muon_on_matrices():
     ours = [nn.Parameter(w.clone()) for w in init]
     ref = [nn.Parameter(w.clone()) for w in init]
     hp = {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.1}
-    _run(HybridMuon([{"params": ours, "use_muon": True, **hp}]), ours, grads)
+    _run(HybridMuon([{"params": ours, "use_muon": True, "ns_dtype": "bfloat16", **hp}]), ours, grads)
     _run(torch.optim.Muon(ref, nesterov=True, **hp), ref, grads)
     for a, b, w in zip(ours, ref, init):
         assert not torch.equal(a, w)
@@ -69,7 +85,8 @@ def test_stacked_expert_weight_is_separate_muon_matrices():
     stacked = nn.Parameter(init.clone())
     experts = [nn.Parameter(w.clone()) for w in init]
     hp = {"lr": 0.05, "momentum": 0.95, "weight_decay": 0.1}
-    _run(HybridMuon([{"params": [stacked], "use_muon": True, **hp}]), [stacked], [[g] for g in grads])
+    _run(HybridMuon([{"params": [stacked], "use_muon": True, "ns_dtype": "bfloat16", **hp}]), [stacked],
+         [[g] for g in grads])
     _run(torch.optim.Muon(experts, **hp), experts, [list(g) for g in grads])
     assert torch.equal(stacked.detach(), torch.stack([e.detach() for e in experts]))
 
