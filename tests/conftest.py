@@ -43,6 +43,28 @@ def run_dirs(out: Path) -> list[Path]:
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny tensors: on a busy shared CPU, OpenMP barriers cost more than the threads gain."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_model_config(**changes):
+    """A small LMConfig for model unit tests (MoE, and MLA dims that fit d_model 32)."""
+    import dataclasses
+
+    from blueberry.config import LMConfig
+
+    base = dict(d_model=32, n_heads=4, n_layers=2, d_ff=48, n_experts=4, top_k=2, expert_d_ff=16,
+                mla_kv_rank=16, mla_rope_dim=4, mla_q_rank=0)
+    return dataclasses.replace(LMConfig(), **{**base, **changes})
+
+
+@pytest.fixture
 def cli(tmp_path):
     def call(*args, env=None, timeout=300):
         return run_cli(*args, cwd=tmp_path, env=env, timeout=timeout)

@@ -1,9 +1,8 @@
-import dataclasses
 
 import pytest
 import torch
 
-from blueberry.config import LMConfig
+from conftest import tiny_model_config
 from blueberry.models.attention import LatentAttention, MultiHeadAttention, build_attention
 from blueberry.models.lm import Decoder
 from blueberry.models.rope import Rotary, apply_rope
@@ -11,19 +10,10 @@ from blueberry.models.rope import Rotary, apply_rope
 VOCAB = 50
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: on a busy shared CPU, OpenMP barriers cost more than the threads gain."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny(**kw) -> LMConfig:
-    base = dict(d_model=32, n_heads=4, n_layers=2, d_ff=48, n_experts=4, top_k=2, expert_d_ff=16,
-                mla_kv_rank=16, mla_rope_dim=4, mla_q_rank=0)
-    return dataclasses.replace(LMConfig(), **{**base, **kw})
+tiny = tiny_model_config
 
 
 @pytest.mark.parametrize("kw", [dict(attention="mha"), dict(attention="mla", mla_q_rank=0),

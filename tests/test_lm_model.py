@@ -1,29 +1,20 @@
-import dataclasses
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from blueberry.config import LMConfig
+from conftest import tiny_model_config
 from blueberry.models.lm import Decoder
 
 V = 40
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: on a busy shared CPU, OpenMP barriers cost more than the threads gain."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny(**kw) -> LMConfig:
-    base = dict(d_model=16, n_heads=2, n_layers=2, d_ff=24, n_experts=4, top_k=2, expert_d_ff=8,
-                n_shared_experts=0, attention="mha", mla_kv_rank=8, mla_rope_dim=4, mla_q_rank=0, dropout=0.0)
-    return dataclasses.replace(LMConfig(), **{**base, **kw})
+def tiny(**kw):
+    return tiny_model_config(**{"d_model": 16, "n_heads": 2, "d_ff": 24, "expert_d_ff": 8, "mla_kv_rank": 8, **kw})
 
 
 def model(**kw) -> Decoder:
