@@ -123,5 +123,28 @@ for _task, _cls in TASK_CONFIGS.items():
     _make_train_command(_task, _cls)
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--split", default="test", show_default=True, help="Split to evaluate (scanline: val or test; lm: val).")
+@click.option("--checkpoint", "which", default="best", show_default=True,
+              help="best, latest, or a checkpoint dir of the run.")
+def evaluate(run_dir, split, which):
+    """Evaluate a run's checkpoint on one split; prints the metrics and writes RUN_DIR/eval-SPLIT.json."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from blueberry.train.evaluate import evaluate_run
+
+    metrics, path = evaluate_run(run_dir, split, which)
+    table = Table(title=f"{Path(run_dir).name} — {split} ({which} checkpoint)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in metrics.items():
+        if "/layer" not in name:   # per-expert loads are in the JSON; the table stays readable
+            table.add_row(name, f"{value:.4f}")
+    Console().print(table)
+    click.echo(f"wrote {path}")
+
+
 if __name__ == "__main__":
     main()

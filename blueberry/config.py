@@ -44,6 +44,7 @@ class RunConfig:
 
     # budget
     max_steps: int = option(200, "Length of the run in OPTIMIZER steps; the LR schedule spans exactly this.", min=1)
+    epochs: float = option(0.0, "Budget in passes over the train split; when > 0 it sets max_steps (rounded up).", min=0)
     stop_at_step: int = option(0, "Checkpoint and stop at this optimizer step though the schedule spans max_steps (time-sliced jobs); 0 = run to max_steps. Not inherited by --resume.", min=0)
     batch_size: int = option(16, "Micro-batch size per process.", min=1)
     grad_accum: int = option(1, "Micro-batches per optimizer step (per process).", min=1)
@@ -60,18 +61,24 @@ class RunConfig:
     dropout: float = option(0.0, "Dropout probability.", min=0, max=1)
 
     # schedule (all counted in optimizer steps)
-    schedule: str = option("cosine", "LR schedule after warmup.", choices=("cosine", "constant", "linear", "wsd"))
+    schedule: str = option("cosine", "LR schedule after warmup; plateau = ReduceLROnPlateau on best_metric at each evaluation.", choices=("cosine", "constant", "linear", "wsd", "plateau"))
     warmup_steps: int = option(20, "Linear warmup length in optimizer steps.", min=0)
+    warmup_epochs: float = option(0.0, "Warmup length in epochs; when > 0 it sets warmup_steps.", min=0)
+    warmup_init_ratio: float = option(0.0, "LR at the first warmup step as a fraction of the peak (e.g. 0.01 warms up from peak/100).", min=0, max=1)
     min_lr_ratio: float = option(0.1, "Final LR as a fraction of the peak (cosine, linear, wsd).", min=0, max=1)
     wsd_decay_frac: float = option(0.2, "Fraction of max_steps the wsd schedule spends decaying at the end.", min=0, max=1, min_exclusive=True)
+    plateau_factor: float = option(0.5, "plateau: multiply the LR by this when best_metric stalls.", min=0, max=1, min_exclusive=True)
+    plateau_patience: int = option(3, "plateau: evaluations without improvement before the LR drops.", min=0)
 
     # precision
     mixed_precision: str = option("no", "Autocast precision (fp16 needs a GPU).", choices=("no", "bf16", "fp16"))
 
     # evaluation, logging, checkpoints
-    eval_every: int = option(50, "Evaluate every this many optimizer steps (and at step 0 and the end).", min=1)
+    eval_every: int = option(50, "Evaluate every this many optimizer steps (and at step 0 and the end); 0 = once per epoch.", min=0)
     eval_batches: int = option(10, "Validation micro-batches per process at each evaluation.", min=1)
     log_every: int = option(1, "Log training metrics every this many optimizer steps.", min=1)
+    best_metric: str = option("", "Metric that decides the best checkpoint, early stopping and plateau; empty = the task's (lm: val/loss, scanline: val/balanced_accuracy).")
+    best_mode: str = option("auto", "Whether best_metric should be low or high; auto = min for names ending in loss/perplexity, else max.", choices=("auto", "min", "max"))
     early_stop_patience: int = option(0, "Stop after this many evaluations without improving the best metric; 0 = never.", min=0)
     early_stop_min_delta: float = option(0.0, "Improvement smaller than this does not count for early stopping.", min=0)
     save_every: int = option(0, "Checkpoint every this many optimizer steps; 0 = only at the end (and at each new best if save_best).", min=0)
@@ -92,7 +99,7 @@ class RunConfig:
         """Check every field's bounds, then the relations between fields; raise UserError."""
         for f in fields(self):
             _check_bounds(f, getattr(self, f.name))
-        if self.stop_at_step > self.max_steps:
+        if self.stop_at_step > self.max_steps and not self.epochs:
             raise UserError(f"stop_at_step={self.stop_at_step}: must be <= max_steps ({self.max_steps}) or 0")
 
     @property
@@ -159,7 +166,65 @@ class LMConfig(RunConfig):
             raise UserError("max_docs=0: hub datasets are streamed; set max_docs (e.g. --max_docs 20000)")
 
 
-TASK_CONFIGS: dict[str, type[RunConfig]] = {"lm": LMConfig}
+@dataclass
+class ScanlineConfig(RunConfig):
+    """An STM tip-state classifier reading windows of consecutive scan lines."""
+
+    task: ClassVar[str] = "scanline"
+    default_preset: ClassVar[str] = "scanline-tiny"
+
+    # data
+    data: str = option("synthetic", "'synthetic' (embedded STM generator, offline) or a .npz with images [N,H,W] (or lines [N,W]) and labels [N].")
+    n_images: int = option(600, "Images the synthetic generator makes.", min=3)
+    image_size: int = option(128, "Synthetic images are image_size x image_size pixels (points per line).", min=16)
+    class_shares: str = option("0.088,0.439,0.169,0.304", "Synthetic class shares (atoms, asymmetries/dimers, rows, generic defects), comma-separated.")
+    noise_level: float = option(1.0, "Synthetic noise, tip-change and artefact strength (1 = realistic; higher = harder).", min=0)
+    lines_per_sample: int = option(1, "Consecutive scan lines per sample (1 = single line, 20 = Gordon et al. window).", min=1)
+    line_stride: int = option(4, "Start a window every this many lines of an image.", min=1)
+    val_fraction: float = option(0.15, "Fraction of SOURCE IMAGES held out for validation (split before windowing).", min=0, max=1, min_exclusive=True)
+    test_fraction: float = option(0.15, "Fraction of source images held out for the test split.", min=0, max=1)
+    data_seed: int = option(0, "Seed of the synthetic images and of the image split; separate from seed so seed repeats share data.", min=0)
+    cache_dir: str = option("", "Cache folder for generated data; empty = $BLUEBERRY_CACHE or ~/.cache/blueberry.")
+    aug_flip: bool = option(True, "Train-time augmentation: flip lines horizontally with probability 0.5.")
+    aug_noise: float = option(0.05, "Train-time augmentation: std of added Gaussian noise (lines are normalised to std 1).", min=0)
+    aug_line_dropout: float = option(0.1, "Train-time augmentation: probability of zeroing each line of a multi-line window.", min=0, max=1)
+    class_weights: str = option("auto", "Cross-entropy class weights: auto = 1/(K*share) from the train split, none, or K comma-separated numbers.")
+
+    # model
+    model: str = option("vit", "vit = patches along each line into a bidirectional encoder; sequential = CNN per line then a causal transformer over lines; cnn_lstm = CNN per line then an LSTM.", choices=("vit", "sequential", "cnn_lstm"))
+    patch_size: int = option(8, "vit: points per patch along a line.", min=1)
+    d_model: int = option(64, "Transformer width (vit, sequential).", min=8)
+    n_layers: int = option(2, "Transformer layers (vit, sequential) or LSTM layers (cnn_lstm).", min=1)
+    n_heads: int = option(4, "Attention heads (vit, sequential).", min=1)
+    d_ff: int = option(256, "Transformer feed-forward width (vit, sequential).", min=1)
+    cnn_channels: int = option(32, "Channels of the per-line 1-D CNN (sequential, cnn_lstm).", min=1)
+    lstm_hidden: int = option(64, "cnn_lstm: LSTM hidden size.", min=1)
+
+    def validate(self) -> None:
+        super().validate()
+        shares = _floats(self.class_shares, "class_shares")
+        if len(shares) < 2 or any(x < 0 for x in shares) or not sum(shares) > 0:
+            raise UserError(f"class_shares={self.class_shares!r}: give at least two non-negative shares, e.g. 0.25,0.25,0.25,0.25")
+        if self.class_weights not in ("auto", "none"):
+            _floats(self.class_weights, "class_weights")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise UserError(f"test_fraction={self.test_fraction}: val_fraction + test_fraction must be < 1")
+        if self.lines_per_sample > self.image_size and self.data == "synthetic":
+            raise UserError(f"lines_per_sample={self.lines_per_sample}: must be <= image_size ({self.image_size})")
+        if self.model != "cnn_lstm" and self.d_model % self.n_heads:
+            raise UserError(f"n_heads={self.n_heads}: must divide d_model ({self.d_model})")
+        if self.model == "vit" and self.image_size % self.patch_size and self.data == "synthetic":
+            raise UserError(f"patch_size={self.patch_size}: must divide the line length image_size ({self.image_size})")
+
+
+def _floats(text: str, name: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise UserError(f"{name}={text!r}: must be comma-separated numbers") from None
+
+
+TASK_CONFIGS: dict[str, type[RunConfig]] = {"lm": LMConfig, "scanline": ScanlineConfig}
 
 
 # --- presets and resolution -------------------------------------------------------------------

@@ -6,16 +6,22 @@ import sys
 import pytest
 import yaml
 
-from blueberry.config import LMConfig, coerce, field_map, load_preset, preset_names, resolve
+from blueberry.config import TASK_CONFIGS, LMConfig, coerce, field_map, load_preset, preset_names, preset_task, resolve
 from blueberry.errors import UserError
 
 
 def test_every_preset_resolves_and_validates():
     names = preset_names()
-    assert {"lm-tiny", "moe-exp8", "moe-exp3", "dense-cs336"} <= set(names)
+    assert {"lm-tiny", "moe-exp8", "moe-exp3", "dense-cs336", "scanline-tiny", "scanline-vit", "scanline-seq",
+            "scanline-cnn-lstm"} <= set(names)
     for name in names:
-        cfg = resolve(LMConfig, preset=name)
-        assert cfg.preset == name and cfg.name == name
+        cfg = resolve(TASK_CONFIGS[preset_task(name)], preset=name)
+        assert cfg.preset == name and cfg.name == name and cfg.task == preset_task(name)
+
+
+def test_a_preset_of_another_task_is_refused():
+    with pytest.raises(UserError, match="is a scanline preset, not lm"):
+        resolve(LMConfig, preset="scanline-tiny")
 
 
 def test_presets_hold_the_studied_architectures():
@@ -71,10 +77,12 @@ def test_validation_names_the_field_and_what_is_allowed():
 
 
 def test_every_field_has_help_and_presets_only_name_real_fields():
-    for f in field_map(LMConfig).values():
-        assert f.metadata.get("help"), f.name
+    for cls in TASK_CONFIGS.values():
+        for f in field_map(cls).values():
+            assert f.metadata.get("help"), f.name
     for name in preset_names():
-        assert set(load_preset(name, LMConfig)) <= set(field_map(LMConfig))
+        cls = TASK_CONFIGS[preset_task(name)]
+        assert set(load_preset(name, cls)) <= set(field_map(cls))
 
 
 def test_cli_options_are_generated_from_every_field(cli):

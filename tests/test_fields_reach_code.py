@@ -119,7 +119,8 @@ def test_optimizer_fields_change_the_update(field):
 
 SCHEDULE_CHANGES = {"schedule": ({}, {"schedule": "linear"}), "warmup_steps": ({}, {"warmup_steps": 7}),
                     "min_lr_ratio": ({}, {"min_lr_ratio": 0.5}), "max_steps": ({}, {"max_steps": 90}),
-                    "wsd_decay_frac": ({"schedule": "wsd"}, {"wsd_decay_frac": 0.5})}
+                    "wsd_decay_frac": ({"schedule": "wsd"}, {"wsd_decay_frac": 0.5}),
+                    "warmup_init_ratio": ({}, {"warmup_init_ratio": 0.5})}
 
 
 @pytest.mark.parametrize("field", SCHEDULE_CHANGES)
@@ -213,6 +214,35 @@ def test_numeric_trainer_fields_change_the_numbers(tmp_path, field, value, key, 
     assert a != b
 
 
+def test_epoch_budgets_become_steps(tmp_path):
+    import math
+
+    import yaml
+
+    run = train_inprocess(tmp_path, epochs=0.05, warmup_epochs=0.02, eval_every=0, batch_size=4, grad_accum=1)
+    windows = rundir.read_summary(run)["data"]["train_windows"]
+    per_step = 4 / windows                                       # epochs per optimizer step
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["max_steps"] == math.ceil(0.05 / per_step)
+    assert saved["warmup_steps"] == round(0.02 / per_step)
+    assert saved["eval_every"] == round(1 / per_step)
+    assert max(_rows(run, "train/loss")) == saved["max_steps"]
+
+
+def test_plateau_and_best_metric_and_mode_drive_the_run(tmp_path):
+    # best_mode=max on val/loss: every falling loss counts as "no improvement", so with patience 0
+    # the plateau schedule halves the LR at each evaluation after warmup.
+    run = train_inprocess(tmp_path, schedule="plateau", warmup_steps=1, plateau_patience=0, plateau_factor=0.5,
+                          eval_every=1, best_metric="val/loss", best_mode="max", lr=1e-2)
+    lrs = _rows(run, "lr")
+    # The eval after step 1 sets the plateau's reference; each later eval halves the next step's LR.
+    assert [lrs[s] for s in (1, 2, 3, 4)] == pytest.approx([1e-2, 1e-2, 5e-3, 2.5e-3])
+    best = rundir.read_summary(run)["best"]
+    assert best["mode"] == "max" and best["value"] == max(_rows(run, "val/loss").values())
+    accuracy = rundir.read_summary(train_inprocess(tmp_path / "acc", best_metric="val/accuracy"))["best"]
+    assert accuracy["metric"] == "val/accuracy" and accuracy["mode"] == "max"
+
+
 # --- the register -------------------------------------------------------------------------------
 
 PROVEN_END_TO_END = {
@@ -230,7 +260,8 @@ PROVEN_END_TO_END = {
 PROBED_HERE = {*MODEL_CHANGES, "dropout", "lb_weight", "z_loss_weight", "bias_update_rate", *OPTIM_CHANGES,
                *SCHEDULE_CHANGES, *DATA_KEY_CHANGES, "cache_dir", "seq_len", "leak_ngram", "leak_warn",
                "out_dir", "name", "log_every", "eval_every", "save_every", "keep_last", "save_best",
-               "batch_size", "grad_accum", "eval_batches", "seed", "grad_clip", "mixed_precision"}
+               "batch_size", "grad_accum", "eval_batches", "seed", "grad_clip", "mixed_precision",
+               "epochs", "warmup_epochs", "plateau_factor", "plateau_patience", "best_metric", "best_mode"}
 
 
 def test_wandb_group_and_entity_reach_the_wandb_run(cli):

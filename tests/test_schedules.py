@@ -1,8 +1,10 @@
 """LR factors against their closed forms, and LambdaLR driving a real optimizer with them."""
 
+import dataclasses
 import math
 
 import pytest
+import torch
 from torch import nn
 
 from blueberry.config import LMConfig
@@ -80,3 +82,48 @@ def test_scheduler_sets_peak_times_factor_every_step(name):
         opt.step()
         sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.03 * (1.0 if name == "constant" else M))
+
+
+def _plateau_cfg(**kw):
+    from blueberry.config import LMConfig
+    return dataclasses.replace(LMConfig(), **{"schedule": "plateau", "warmup_steps": 4, "warmup_init_ratio": 0.01,
+                                              "plateau_factor": 0.5, "plateau_patience": 1, "max_steps": 100, **kw})
+
+
+def test_warmup_starts_from_warmup_init_ratio():
+    cfg = _plateau_cfg()
+    assert lr_factor(0, cfg) == pytest.approx(0.01 + 0.99 / 4)
+    assert lr_factor(3, cfg) == pytest.approx(1.0)
+    assert lr_factor(0, dataclasses.replace(cfg, warmup_init_ratio=0.0)) == pytest.approx(0.25)
+
+
+def test_plateau_warms_up_then_halves_the_lr_when_the_metric_stalls():
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = build_scheduler(opt, _plateau_cfg(), mode="min")
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1 * (0.01 + 0.99 / 4)) and lrs[3] == pytest.approx(0.1)
+    assert lrs[4:] == pytest.approx([0.1, 0.1])          # no decay after warmup by itself
+    for value in (1.0, 0.9, 0.95, 0.95):                  # improves, then stalls for 2 > patience evals
+        sched.observe(value)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
+    for _ in range(3):                                    # stepping never undoes the reduction
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
+    state = sched.state_dict()
+    fresh_opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    fresh = build_scheduler(fresh_opt, _plateau_cfg(), mode="min")
+    fresh.load_state_dict(state)
+    assert fresh.plateau.best == sched.plateau.best and fresh.warmup.last_epoch == sched.warmup.last_epoch
+
+
+def test_plateau_in_max_mode_waits_for_a_rising_metric():
+    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    sched = build_scheduler(opt, _plateau_cfg(warmup_steps=0), mode="max")
+    for value in (0.5, 0.6, 0.7, 0.8):                    # keeps improving upward: no reduction
+        sched.observe(value)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from blueberry import rundir
-from conftest import TINY, run_dirs, wandb_offline_run
+from conftest import TINY, run_cli, run_dirs, wandb_offline_run
 
 
 def _rows(run_dir, key):
@@ -25,14 +25,22 @@ def _cosine(step, peak, warmup, max_steps, min_ratio):
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
-def test_train_writes_run_dir_metrics_checkpoints_and_offline_wandb(cli):
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One finished 12-step run with grad_accum 2, shared by the tests that only read it."""
+    cwd = tmp_path_factory.mktemp("t1")
     env = {"WANDB_MODE": None}   # no mode, no key: the trainer must go offline and say so
-    res = cli("train", "lm", *TINY, "--max_steps=12", "--grad_accum=2", "--eval_every=6", "--lr=1e-2",
-              "--warmup_steps=3", "--min_lr_ratio=0.1", "--keep_last=1", "--save_every=4", "--name=t1",
-              "--wandb_group=g1", "--wandb_tags=a,b", "--wandb_project=proj", env=env)
+    res = run_cli("train", "lm", *TINY, "--max_steps=12", "--grad_accum=2", "--eval_every=6", "--lr=1e-2",
+                  "--warmup_steps=3", "--min_lr_ratio=0.1", "--keep_last=1", "--save_every=4", "--name=t1",
+                  "--wandb_group=g1", "--wandb_tags=a,b", "--wandb_project=proj", cwd=cwd, env=env)
     assert res.returncode == 0, res.stderr
+    (run,) = run_dirs(cwd / "runs")
+    return run, res
+
+
+def test_train_writes_run_dir_metrics_checkpoints_and_offline_wandb(finished):
+    run, res = finished
     assert "no W&B API key found: logging offline" in res.stderr
-    (run,) = run_dirs(cli.cwd / "runs")
     assert run.name.startswith("t1-")
 
     config = yaml.safe_load((run / "config.yaml").read_text())
@@ -69,6 +77,19 @@ def test_train_writes_run_dir_metrics_checkpoints_and_offline_wandb(cli):
     assert wb_loss == pytest.approx(_rows(run, "train/loss"))
     assert wb_summary["summary"]["val/loss_best"] == pytest.approx(min(val.values()))
     assert wb_summary["summary"]["params/active"] == summary["params"]["active"]
+
+
+def test_evaluate_reproduces_the_best_checkpoint_val_loss(finished, cli):
+    run, _ = finished
+    res = cli("evaluate", str(run), "--split=val")
+    assert res.returncode == 0, res.stderr
+    saved = json.loads((run / "eval-val.json").read_text())
+    best = rundir.read_summary(run)["best"]
+    assert saved["step"] == best["step"]
+    assert saved["metrics"]["val/loss"] == pytest.approx(best["value"], rel=1e-6)
+    assert "val/loss" in res.stdout
+    wrong = cli("evaluate", str(run), "--split=test")
+    assert wrong.returncode == 2 and "split=test: lm runs have val" in wrong.stderr
 
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(cli):

@@ -53,17 +53,19 @@ SCHEDULES: dict[str, Callable[[int, Any], float]] = {
     "linear": _linear,
     "constant": _constant,
     "wsd": _wsd,
+    "plateau": _constant,   # after warmup the LR is the peak until WarmupThenPlateau lowers it
 }
 
 
 def lr_factor(step: int, cfg: Any) -> float:
     """Multiplier of the peak LR for the update of optimizer step `step` (0-based).
 
-    Linear warmup (step + 1) / warmup_steps, so step 0 already moves and step warmup_steps - 1 is
-    at the peak; then `cfg.schedule`.
+    Linear warmup from warmup_init_ratio: r + (1 - r) * (step + 1) / warmup_steps, so step 0
+    already moves and step warmup_steps - 1 is at the peak; then `cfg.schedule`.
     """
     if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
+        r = cfg.warmup_init_ratio
+        return r + (1 - r) * (step + 1) / cfg.warmup_steps
     try:
         fn = SCHEDULES[cfg.schedule]
     except KeyError:
@@ -71,7 +73,37 @@ def lr_factor(step: int, cfg: Any) -> float:
     return fn(step, cfg)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Any) -> torch.optim.lr_scheduler.LambdaLR:
+class WarmupThenPlateau:
+    """schedule=plateau: the warmup of lr_factor, then torch's ReduceLROnPlateau on the metric the
+    trainer passes to `observe` after each evaluation (plateau_factor, plateau_patience).
+
+    The LambdaLR stops stepping once warmup is done, so it never overwrites a reduction.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: Any, mode: str):
+        self.warmup_steps = cfg.warmup_steps
+        self.warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
+        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode=mode, factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+
+    def step(self) -> None:
+        if self.warmup.last_epoch < self.warmup_steps:
+            self.warmup.step()
+
+    def observe(self, value: float) -> None:
+        if self.warmup.last_epoch >= self.warmup_steps:
+            self.plateau.step(value)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"warmup": self.warmup.state_dict(), "plateau": self.plateau.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.warmup.load_state_dict(state["warmup"])
+        self.plateau.load_state_dict(state["plateau"])
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Any,
+                    mode: str = "min") -> torch.optim.lr_scheduler.LambdaLR | WarmupThenPlateau:
     """LambdaLR setting each group's lr to its peak x lr_factor(step); .step() it once per OPTIMIZER step.
 
     Do NOT pass it through `accelerator.prepare`: Accelerate's AcceleratedScheduler steps the wrapped
@@ -79,7 +111,10 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Any) -> torch.optim.l
     optimizer steps runs at the wrong speed (the "schedule that only ran 21% of its cosine" bug). Call scheduler.step() yourself right after each real
     optimizer.step() (when `accelerator.sync_gradients`). The lambda is a closure, so the
     scheduler's state_dict holds no config object and loads with torch.load(weights_only=True).
+    `mode` ("min"/"max") is the direction of the metric a plateau schedule watches.
     """
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"schedule={cfg.schedule!r}: must be one of {', '.join(SCHEDULES)}")
+    if cfg.schedule == "plateau":
+        return WarmupThenPlateau(optimizer, cfg, mode)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))

@@ -25,8 +25,8 @@ class TaskData:
 
 class Task(Protocol):
     name: str
-    best_metric: str              # e.g. "val/loss"
-    best_mode: str                # "min" or "max"
+    best_metric: str              # e.g. "val/loss"; its direction follows from its name (BestMetric)
+    splits: tuple[str, ...]       # what `blueberry evaluate --split` accepts, e.g. ("val",)
 
     def build_data(self, cfg, accelerator) -> TaskData: ...
 
@@ -38,8 +38,8 @@ class Task(Protocol):
     def train_loss(self, model, batch, cfg) -> tuple[Any, dict[str, Any]]:
         """(loss to backpropagate, named detached parts to log as train/<name>)."""
 
-    def evaluate(self, model, data: TaskData, cfg, accelerator) -> tuple[dict[str, float], dict[str, Any]]:
-        """(scalar metrics named like "val/loss", media for W&B such as figures). Same on every rank."""
+    def evaluate(self, model, data: TaskData, cfg, accelerator, split: str = "val") -> tuple[dict[str, float], dict[str, Any]]:
+        """(scalar metrics named like "<split>/loss", figures by name). Same on every rank."""
 
     def after_optimizer_step(self, model, cfg, accelerator) -> None:
         """Per-step bookkeeping that is not gradient descent (e.g. MoE router bias updates)."""

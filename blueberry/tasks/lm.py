@@ -20,7 +20,7 @@ from blueberry.train.tracking import notice
 class LMTask:
     name = "lm"
     best_metric = "val/loss"
-    best_mode = "min"
+    splits = ("val",)
 
     def build_data(self, cfg: LMConfig, accelerator) -> TaskData:
         text = build_text_data(cfg, main_process_first=accelerator.main_process_first)
@@ -67,9 +67,9 @@ class LMTask:
         return ce + aux_loss, parts
 
     @torch.no_grad()
-    def evaluate(self, model, data: TaskData, cfg: LMConfig, accelerator):
+    def evaluate(self, model, data: TaskData, cfg: LMConfig, accelerator, split: str = "val"):
         """val/loss, accuracy and perplexity over a fixed set of val windows, summed over ranks."""
-        val = data.payload["val"]
+        val = data.payload[split]
         core = accelerator.unwrap_model(model)
         was_training = model.training
         model.eval()
@@ -92,8 +92,8 @@ class LMTask:
         model.train(was_training)
         loss_sum, correct, tokens = totals.tolist()
         mean = loss_sum / tokens
-        metrics = {"val/loss": mean, "val/accuracy": correct / tokens,
-                   "val/perplexity": math.exp(min(mean, 50.0))}
+        metrics = {f"{split}/loss": mean, f"{split}/accuracy": correct / tokens,
+                   f"{split}/perplexity": math.exp(min(mean, 50.0))}
         figures = {}
         if load.numel():
             metrics.update(expert_load_metrics(load))

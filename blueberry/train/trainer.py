@@ -7,10 +7,12 @@ checkpoints. A micro-batch is one forward/backward on one process; grad_accum of
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +76,14 @@ def train(cfg: RunConfig, task, resume_ckpt: Path | None = None) -> tuple[Path, 
 
     set_seed(cfg.seed)
     data = task.build_data(cfg, accelerator)
+    cfg = budget_in_steps(cfg, data)
+    if accelerator.is_main_process:
+        rundir.write_atomic(run_dir / rundir.CONFIG, dump_yaml(cfg))   # with epochs turned into steps
+    best = BestMetric.of(cfg, task)
     model = task.build_model(cfg, data)
     params = task.describe_model(model)
     optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg)
+    scheduler = build_scheduler(optimizer, cfg, mode=best.mode)
     model, optimizer = accelerator.prepare(model, optimizer)
     state = TrainerState()
     # The scheduler is registered, not prepared: Accelerate's wrapper would step it once per process.
@@ -90,8 +96,45 @@ def train(cfg: RunConfig, task, resume_ckpt: Path | None = None) -> tuple[Path, 
         set_seed(cfg.seed, device_specific=True)   # different dropout per rank, same init
 
     tracker = Tracker(run_dir, enabled=accelerator.is_main_process)
-    loop = _Loop(cfg, task, accelerator, model, optimizer, scheduler, data, state, tracker, run_dir, params)
+    loop = _Loop(cfg, task, accelerator, model, optimizer, scheduler, data, state, tracker, run_dir, params, best)
     return run_dir, loop.run(resumed=resume_ckpt is not None)
+
+
+def budget_in_steps(cfg: RunConfig, data) -> RunConfig:
+    """Epoch-denominated fields (epochs, warmup_epochs, eval_every=0) in optimizer steps, once the
+    size of the train split is known. The result is what trains and what config.yaml records."""
+    epochs_per_step = data.epochs_at(cfg.grad_accum)   # one step = grad_accum global micro-batches
+    changes = {}
+    if cfg.epochs > 0:
+        changes["max_steps"] = max(1, math.ceil(cfg.epochs / epochs_per_step))
+    if cfg.warmup_epochs > 0:
+        changes["warmup_steps"] = max(1, round(cfg.warmup_epochs / epochs_per_step))
+    if cfg.eval_every == 0:
+        changes["eval_every"] = max(1, round(1 / epochs_per_step))
+    return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
+@dataclass(frozen=True)
+class BestMetric:
+    """The metric that picks the best checkpoint, stops early and drives a plateau schedule."""
+
+    name: str
+    mode: str   # "min" | "max"
+
+    @classmethod
+    def of(cls, cfg: RunConfig, task) -> BestMetric:
+        name = cfg.best_metric or task.best_metric
+        mode = cfg.best_mode
+        if mode == "auto":
+            mode = "min" if name.endswith(("loss", "perplexity", "error")) else "max"
+        return cls(name, mode)
+
+    def improves(self, value: float, best: float | None, min_delta: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if best is None:
+            return True
+        return value < best - min_delta if self.mode == "min" else value > best + min_delta
 
 
 def _open_run_dir(cfg: RunConfig, resume_ckpt: Path | None, accelerator) -> Path:
@@ -107,8 +150,9 @@ def _open_run_dir(cfg: RunConfig, resume_ckpt: Path | None, accelerator) -> Path
 
 
 class _Loop:
-    def __init__(self, cfg, task, accelerator, model, optimizer, scheduler, data, state, tracker, run_dir, params):
-        self.cfg, self.task, self.acc = cfg, task, accelerator
+    def __init__(self, cfg, task, accelerator, model, optimizer, scheduler, data, state, tracker, run_dir, params,
+                 best):
+        self.cfg, self.task, self.acc, self.best = cfg, task, accelerator, best
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.data, self.state, self.tracker, self.run_dir = data, state, tracker, run_dir
         self.params = params
@@ -233,17 +277,20 @@ class _Loop:
 
     def _evaluate(self) -> bool:
         """Evaluate, track the best, checkpoint a new best; True when early stopping should stop."""
-        cfg, state, task = self.cfg, self.state, self.task
-        metrics, figures = task.evaluate(self.model, self.data, cfg, self.acc)
-        value = metrics[task.best_metric]
-        better = (state.best_value is None or
-                  (value < state.best_value - cfg.early_stop_min_delta if task.best_mode == "min"
-                   else value > state.best_value + cfg.early_stop_min_delta))
-        if better and math.isfinite(value):
+        cfg, state, best = self.cfg, self.state, self.best
+        metrics, figures = self.task.evaluate(self.model, self.data, cfg, self.acc)
+        if best.name not in metrics:
+            raise UserError(f"best_metric={best.name!r}: not among the evaluation metrics "
+                            f"({', '.join(sorted(k for k in metrics if '/' in k and 'layer' not in k))})")
+        value = metrics[best.name]
+        better = best.improves(value, state.best_value, cfg.early_stop_min_delta)
+        if better:
             state.best_value, state.best_step, state.evals_since_best = value, state.step, 0
         elif state.step > 0:
             state.evals_since_best += 1
-        metrics[f"{task.best_metric}_best"] = state.best_value
+        if hasattr(self.scheduler, "observe") and state.step > 0:
+            self.scheduler.observe(value)
+        metrics[f"{best.name}_best"] = state.best_value
         self.last_eval = metrics
         images = save_figures(self.run_dir, figures) if figures and self.acc.is_main_process else {}
         self.tracker.log(state.step, {**metrics, "time": self._wall_time()}, images)
@@ -282,10 +329,10 @@ class _Loop:
     def _write_summary(self) -> None:
         if not self.acc.is_main_process:
             return
-        cfg, state, task = self.cfg, self.state, self.task
+        cfg, state, best = self.cfg, self.state, self.best
         summary: dict[str, Any] = {
             "status": self.status, "task": cfg.task, "name": cfg.name, "step": state.step,
-            "max_steps": cfg.max_steps, "best": {"metric": task.best_metric, "mode": task.best_mode,
+            "max_steps": cfg.max_steps, "best": {"metric": best.name, "mode": best.mode,
                                                   "value": state.best_value, "step": state.best_step},
             "final": {**self.last_train, **self.last_eval}, "wall_time_s": self._wall_time(),
             "params": self.params, "data": self.data.stats, "unit": self.data.unit,
@@ -294,5 +341,5 @@ class _Loop:
             "wandb": {"id": state.wandb_id, "mode": self.wandb_mode, "dir": self.tracker.wandb_dir},
         }
         rundir.write_summary(self.run_dir, summary)
-        self.tracker.summary({f"{task.best_metric}_best": state.best_value, "best_step": state.best_step,
+        self.tracker.summary({f"{best.name}_best": state.best_value, "best_step": state.best_step,
                               "status": self.status})
