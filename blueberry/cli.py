@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from blueberry.config import (TASK_CONFIGS, RunConfig, dump_yaml, field_map, load_preset, preset_names,
-                              read_config_file, resolve, preset_task)
+from blueberry.config import (TASK_CONFIGS, RunConfig, dump_yaml, field_map, load_preset, parse_recipe,
+                              preset_names, preset_task, read_config_file, resolve)
 from blueberry.errors import UserError
 
 
@@ -72,11 +72,14 @@ def _make_train_command(task: str, cls: type[RunConfig]):
     @train.command(name=task, help=cls.__doc__ + f"  Default preset: {cls.default_preset}.")
     @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
                   help="YAML file of field: value, applied over the preset and under the options.")
+    @click.option("--recipe", default=None, metavar="MAPPING",
+                  help="Field overrides as one mapping, e.g. \"{optimizer: muon, muon_lr: 0.01}\": a study's "
+                       "named variant, as a sweep passes a dict-valued parameter. Applied over --config.")
     @click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
     @config_options(cls)
-    def command(config_file, print_config, **options):
+    def command(config_file, recipe, print_config, **options):
         cli_values = {k: v for k, v in options.items() if v is not None}
-        cfg, resume_ckpt = resolve_train_config(cls, cli_values, config_file)
+        cfg, resume_ckpt = resolve_train_config(cls, cli_values, config_file, parse_recipe(recipe) if recipe else None)
         if print_config:
             click.echo(dump_yaml(cfg), nl=False)
             return 0
@@ -84,20 +87,20 @@ def _make_train_command(task: str, cls: type[RunConfig]):
     return command
 
 
-def resolve_train_config(cls: type[RunConfig], cli_values: dict, config_file: str | None):
+def resolve_train_config(cls: type[RunConfig], cli_values: dict, config_file: str | None, recipe: dict | None = None):
     """The config to train and, when resuming, the checkpoint: a resumed run starts from its saved
-    config.yaml, with the file and explicit options on top."""
+    config.yaml, with the file, recipe and explicit options on top."""
     from blueberry.train.checkpoint import find_resume_checkpoint
 
     file_values = read_config_file(config_file) if config_file else {}
-    cfg = resolve(cls, file_values=file_values, cli_values=cli_values, source=config_file or "config")
+    cfg = resolve(cls, file_values=file_values, recipe=recipe, cli_values=cli_values, source=config_file or "config")
     ckpt = find_resume_checkpoint(cfg.resume, cfg.out_dir, cfg.name) if cfg.resume else None
     if ckpt is None:
         return cfg, None
     saved = read_config_file(ckpt.parent.parent / "config.yaml")
     per_invocation = ("task", "resume", "stop_at_step")   # where this process stops is not inherited
     cfg = resolve(cls, base={k: v for k, v in saved.items() if k not in per_invocation}, file_values=file_values,
-                  cli_values=cli_values, source=config_file or "config")
+                  recipe=recipe, cli_values=cli_values, source=config_file or "config")
     return cfg, ckpt
 
 

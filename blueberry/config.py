@@ -267,21 +267,36 @@ def _read_yaml(src: Any, label: str) -> dict[str, Any]:
     return values
 
 
-def resolve(cls: type[RunConfig], *, preset: str | None = None, file_values: dict[str, Any] | None = None,
-            cli_values: dict[str, Any] | None = None, base: dict[str, Any] | None = None,
-            source: str = "config") -> RunConfig:
-    """Build and validate a config: defaults < preset (or `base`) < file values < CLI values.
+def parse_recipe(text: str) -> dict[str, Any]:
+    """`--recipe` values: a mapping of field overrides, as YAML/JSON or the Python repr that
+    `wandb agent` renders for dict-valued sweep parameters ({'optimizer': 'muon', 'lr': 0.001})."""
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError:
+        values = None
+    if not isinstance(values, dict):
+        raise UserError(f"recipe={text!r}: must be a mapping of field: value, e.g. {{optimizer: muon, lr: 0.001}}")
+    return values
 
-    `base` replaces the preset layer (a resumed run's saved config).
+
+def resolve(cls: type[RunConfig], *, preset: str | None = None, file_values: dict[str, Any] | None = None,
+            recipe: dict[str, Any] | None = None, cli_values: dict[str, Any] | None = None,
+            base: dict[str, Any] | None = None, source: str = "config") -> RunConfig:
+    """Build and validate a config: defaults < preset (or `base`) < file values < recipe < CLI values.
+
+    `base` replaces the preset layer (a resumed run's saved config). A recipe is a sweep's named
+    variant of a study (a dict-valued parameter); it may name its own preset, below an option's.
     """
     file_values = dict(file_values or {})
+    recipe = dict(recipe or {})
     cli_values = dict(cli_values or {})
     file_values.pop("task", None)
     if base is None:
-        chosen = cli_values.get("preset") or preset or file_values.get("preset") or cls.default_preset
+        chosen = (cli_values.get("preset") or recipe.get("preset") or preset or file_values.get("preset")
+                  or cls.default_preset)
         base = {**load_preset(chosen, cls), "preset": chosen}
     values: dict[str, Any] = {}
-    for layer, label in ((base, "preset"), (file_values, source), (cli_values, "option")):
+    for layer, label in ((base, "preset"), (file_values, source), (recipe, "recipe"), (cli_values, "option")):
         for key, value in layer.items():
             values[key] = coerce(cls, key, value, label)
     cfg = cls(**values)

@@ -136,3 +136,21 @@ def test_help_does_not_import_torch():
             "print(sorted(m for m in ('torch', 'wandb', 'datasets', 'transformers', 'accelerate') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_recipe_sits_between_the_config_file_and_the_options():
+    cfg = resolve(LMConfig, file_values={"lr": 1e-4, "seed": 2}, recipe={"lr": 5e-4, "name": "adam_low", "seed": 3},
+                  cli_values={"seed": 9})
+    assert (cfg.lr, cfg.name, cfg.seed) == (5e-4, "adam_low", 9)
+    assert resolve(LMConfig, recipe={"preset": "moe-exp3"}).n_layers == 6
+
+
+def test_recipe_takes_the_python_repr_wandb_agent_renders(cli):
+    # `wandb agent` renders a dict-valued parameter value as Python repr: --recipe={'k': v, ...}
+    res = cli("train", "lm", "--recipe={'optimizer': 'muon', 'muon_lr': 0.01, 'schedule': 'constant'}",
+              "--print-config")
+    assert res.returncode == 0, res.stderr
+    cfg = yaml.safe_load(res.stdout)
+    assert (cfg["optimizer"], cfg["muon_lr"], cfg["schedule"]) == ("muon", 0.01, "constant")
+    bad = cli("train", "lm", "--recipe={'optimzer': 'muon'}")
+    assert bad.returncode == 2 and "recipe: unknown field 'optimzer' (did you mean optimizer?)" in bad.stderr

@@ -15,8 +15,8 @@ K, W = 4, 128
 
 
 def tiny(**changes) -> ScanlineConfig:
-    base = dict(d_model=16, n_heads=2, n_layers=1, d_ff=32, patch_size=8, cnn_channels=8, lstm_hidden=16,
-                lines_per_sample=20, dropout=0.0)
+    base = {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32, "patch_size": 8, "cnn_channels": 8,
+            "lstm_hidden": 16, "lines_per_sample": 20, "dropout": 0.0}
     return dataclasses.replace(ScanlineConfig(), **{**base, **changes})
 
 

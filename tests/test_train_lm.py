@@ -32,7 +32,8 @@ def finished(tmp_path_factory):
     env = {"WANDB_MODE": None}   # no mode, no key: the trainer must go offline and say so
     res = run_cli("train", "lm", *TINY, "--max_steps=12", "--grad_accum=2", "--eval_every=6", "--lr=1e-2",
                   "--warmup_steps=3", "--min_lr_ratio=0.1", "--keep_last=1", "--save_every=4", "--name=t1",
-                  "--wandb_group=g1", "--wandb_tags=a,b", "--wandb_project=proj", cwd=cwd, env=env)
+                  "--wandb_group=g1", "--wandb_tags=a,b", "--wandb_project=proj",
+                  "--eval_batches=64", cwd=cwd, env=env)   # 64 x 4 windows: the whole val split
     assert res.returncode == 0, res.stderr
     (run,) = run_dirs(cwd / "runs")
     return run, res
@@ -80,6 +81,7 @@ def test_train_writes_run_dir_metrics_checkpoints_and_offline_wandb(finished):
 
 
 def test_evaluate_reproduces_the_best_checkpoint_val_loss(finished, cli):
+    """`evaluate` reads the whole split; the fixture's in-training evals covered all of it too."""
     run, _ = finished
     res = cli("evaluate", str(run), "--split=val")
     assert res.returncode == 0, res.stderr

@@ -2,7 +2,7 @@
 
 from importlib import import_module
 
-TASKS = {"lm": "blueberry.tasks.lm:LMTask"}
+TASKS = {"lm": "blueberry.tasks.lm:LMTask", "scanline": "blueberry.tasks.scanline:ScanlineTask"}
 
 
 def load_task(name: str):

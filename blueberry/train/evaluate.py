@@ -1,11 +1,13 @@
 """`blueberry evaluate`: a finished (or running) run's checkpoint on one split of its data.
 
 Rebuilds the task's data and model from the run dir's config.yaml, loads the checkpoint's model
-weights, evaluates, and writes RUN_DIR/eval-<split>.json (plus any figures under plots/).
+weights, evaluates the WHOLE split (training evaluates eval_batches of it), and writes
+RUN_DIR/eval-<split>.json (plus any figures under plots/).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -45,6 +47,7 @@ def evaluate_run(run_dir: str | Path, split: str, which: str = "best") -> tuple[
     if task_name not in TASK_CONFIGS:
         raise UserError(f"{run_dir / rundir.CONFIG}: task={task_name!r} is not one of {', '.join(TASK_CONFIGS)}")
     cfg = resolve(TASK_CONFIGS[task_name], base=saved, source=str(run_dir / rundir.CONFIG))
+    cfg = dataclasses.replace(cfg, eval_batches=2**31 - 1)   # the whole split, not the in-training sample
     task = load_task(task_name)
     if split not in task.splits:
         raise UserError(f"split={split}: {task_name} runs have {', '.join(task.splits)}")
