@@ -149,5 +149,90 @@ def evaluate(run_dir, split, which):
     click.echo(f"wrote {path}")
 
 
+@main.group()
+def sweep():
+    """Run W&B sweep YAMLs: on W&B (create/agent) or without a server (local)."""
+
+
+def _load_valid_sweep(path: str) -> dict:
+    from blueberry.sweep.spec import load_sweep, validate_sweep
+
+    config = load_sweep(path)
+    problems = validate_sweep(config, source=path)
+    if problems:
+        raise UserError(problems[0] + (f" (and {len(problems) - 1} more: blueberry sweep validate {path})"
+                                       if len(problems) > 1 else ""))
+    return config
+
+
+@sweep.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def validate(files):
+    """Check sweep YAMLs against W&B's sweep spec and the options of the command they run."""
+    from blueberry.sweep.spec import load_sweep, sweep_warnings, validate_sweep
+
+    problems = []
+    for path in files:
+        config = load_sweep(path)
+        found = validate_sweep(config, source=path)
+        problems += found
+        for line in found + sweep_warnings(config, source=path):
+            click.echo(line, err=True)
+        if not found:
+            click.echo(f"{path}: ok")
+    return 2 if problems else 0
+
+
+@sweep.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--project", default=None, help="W&B project (default: the YAML's project).")
+@click.option("--entity", default=None, help="W&B entity (default: the YAML's, else yours).")
+def create(file, project, entity):
+    """Register a sweep with W&B (needs the server); prints its id and the agent command."""
+    from blueberry.sweep import cloud
+
+    full_id = cloud.create(_load_valid_sweep(file), file, project=project, entity=entity)
+    click.echo(f"sweep {full_id}")
+    click.echo(f"run agents with:  blueberry sweep agent {full_id}   (or: wandb agent {full_id})")
+
+
+@sweep.command()
+@click.argument("sweep_id")
+@click.option("--count", type=click.IntRange(min=1), default=None, help="Trials this agent runs, then exits.")
+def agent(sweep_id, count):
+    """Run `wandb agent SWEEP_ID`, forwarding signals to the agent's and its trial's process group."""
+    from blueberry.sweep import cloud
+
+    return cloud.agent(sweep_id, count)
+
+
+@sweep.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Trials run at once.")
+@click.option("--count", type=click.IntRange(min=1), default=None, help="Trials this process starts at most.")
+@click.option("--dir", "sweep_dir", type=click.Path(file_okay=False), default=None,
+              help="Sweep dir (state, trials, runs). Default runs/sweeps/NAME; an existing one is resumed "
+                   "or joined (several processes may share it).")
+@click.option("--override", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Append --KEY=VALUE to every trial (repeatable; later wins), e.g. max_steps=20.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random/bayes proposals.")
+def local(file, workers, count, sweep_dir, overrides, seed):
+    """Run a sweep YAML here, no W&B server: trials as subprocesses, state in the sweep dir."""
+    from blueberry.sweep.display import SweepDisplay
+    from blueberry.sweep.local import LocalRunner, default_sweep_dir
+    from blueberry.sweep.state import SweepDir
+
+    config = _load_valid_sweep(file)
+    overrides = list(overrides)
+    path = Path(sweep_dir) if sweep_dir else default_sweep_dir(config, Path(file), overrides)
+    state = SweepDir.open(path, config, name=str(config.get("name") or Path(file).stem), overrides=overrides,
+                          seed=seed)
+    click.echo(f"sweep dir {path}", err=True)
+    display = SweepDisplay(state.name, state.metric, state.goal)
+    code = LocalRunner(state, workers=workers, count=count, overrides=overrides, show=display).run()
+    display.close(state.trials())
+    return code
+
+
 if __name__ == "__main__":
     main()

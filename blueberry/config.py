@@ -98,7 +98,7 @@ class RunConfig:
     def validate(self) -> None:
         """Check every field's bounds, then the relations between fields; raise UserError."""
         for f in fields(self):
-            _check_bounds(f, getattr(self, f.name))
+            check_bounds(f, getattr(self, f.name))
         if self.stop_at_step > self.max_steps and not self.epochs:
             raise UserError(f"stop_at_step={self.stop_at_step}: must be <= max_steps ({self.max_steps}) or 0")
 
@@ -225,6 +225,8 @@ def _floats(text: str, name: str) -> list[float]:
 
 
 TASK_CONFIGS: dict[str, type[RunConfig]] = {"lm": LMConfig, "scanline": ScanlineConfig}
+# Options of `blueberry train TASK` besides the fields: a YAML file of fields, and a recipe mapping.
+EXTRA_TRAIN_OPTIONS = ("config", "recipe")
 
 
 # --- presets and resolution -------------------------------------------------------------------
@@ -353,7 +355,7 @@ def _to_bool(value: Any) -> bool:
     raise ValueError(value)
 
 
-def _check_bounds(f: dataclasses.Field, value: Any) -> None:
+def check_bounds(f: dataclasses.Field, value: Any) -> None:
     meta = f.metadata
     if meta.get("choices") and value not in meta["choices"]:
         raise UserError(f"{f.name}={value!r}: must be one of {', '.join(meta['choices'])}")

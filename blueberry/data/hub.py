@@ -7,12 +7,10 @@ callers probe once here and turn "offline" into one UserError line.
 from __future__ import annotations
 
 import os
-import threading
-import urllib.error
-import urllib.request
 from urllib.parse import urlparse
 
 from blueberry.errors import UserError
+from blueberry.network import url_reachable
 
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 _TRUE = ("1", "true", "yes", "on")
@@ -32,26 +30,7 @@ def offline_var() -> str | None:
 
 def hub_reachable(timeout: float = 5.0) -> bool:
     """True when the hub endpoint answers a HEAD request (any HTTP status) within `timeout` s."""
-    if offline_var():
-        return False
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            urllib.request.urlopen(urllib.request.Request(hub_endpoint(), method="HEAD"),
-                                   timeout=timeout).close()
-            result.append(True)
-        except urllib.error.HTTPError:
-            result.append(True)  # the server answered, even if with 4xx/5xx
-        except (OSError, ValueError):
-            result.append(False)
-
-    # The socket timeout does not cover DNS resolution, which can hang much longer on a
-    # half-configured network; a daemon thread bounds the whole probe.
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
+    return not offline_var() and url_reachable(hub_endpoint(), timeout)
 
 
 def require_hub(what: str, hint: str = "use --data synthetic or a local file") -> None:

@@ -45,6 +45,7 @@ SCAN_RANGE_NM = ((3.0, 15.0), (3.0, 30.0), (4.0, 80.0), (3.0, 80.0))
 # tip blur per class (nm, uniform range); the defect class adds heavy blur on some images
 TIP_SIGMA_NM = ((0.02, 0.05), (0.04, 0.08), (0.05, 0.12), (0.06, 0.12))
 
+_OFF: set = set()
 _CHUNK = 32   # images per rendering chunk: bounds memory; fixed, so output does not depend on it
 
 
@@ -92,7 +93,7 @@ def _draw_image_params(rng: np.random.Generator, n: int, size: int, shares: np.n
 
     # Tip change: lines from `change_line` on belong to segment 1. The minority part (fewer
     # lines) may take another class, so the image label stays the majority class.
-    has_change = rng.random(n) < min(0.9, 0.35 * eta)
+    has_change = (rng.random(n) < min(0.9, 0.35 * eta)) & ('tip' not in _OFF)
     change_line = np.where(has_change, rng.integers(size // 10, size - size // 10, n), size)
     other_p = np.tile(shares, (n, 1))
     other_p[np.arange(n), label] = 0.0
@@ -104,8 +105,9 @@ def _draw_image_params(rng: np.random.Generator, n: int, size: int, shares: np.n
     line_class = np.where(np.arange(size)[None, :] < change_line[:, None], seg_class[:, :1], seg_class[:, 1:])
 
     # defect-class features: blur, smear, blobs, ghost, streaks; every defect image has one
+    # besides blur (a blurred tip alone would look like the rows class)
     feats = rng.random((n, 5)) < 0.45
-    feats[np.arange(n), rng.integers(0, 5, n)] |= ~feats.any(1)
+    feats[np.arange(n), rng.integers(1, 5, n)] |= ~feats[:, 1:].any(1)
     lo_t, hi_t = np.array(TIP_SIGMA_NM)[seg_class].transpose(2, 0, 1)
     tip_nm = rng.uniform(lo_t, hi_t)
     tip_nm = np.where((seg_class == 3) & feats[:, :1], rng.uniform(0.15, 0.45, (n, 2)), tip_nm)
@@ -129,7 +131,7 @@ def _draw_image_params(rng: np.random.Generator, n: int, size: int, shares: np.n
         buckled=rng.uniform(0.1, 0.5, n),
         hash_seed=rng.integers(0, 2**20, n),
         # steps: more likely on larger scans; a vicinal staircase of roughly parallel edges
-        n_steps=np.where(rng.random(n) < np.clip(scan_nm / 40, 0.05, 0.85), rng.integers(1, 4, n), 0),
+        n_steps=np.where(rng.random(n) < np.clip(scan_nm / 60, 0.03, 0.8), rng.integers(1, 4, n), 0),
         step_dir=rng.uniform(0, 2 * np.pi, n), step_jitter=rng.normal(0, 0.15, (n, 3)),
         step_pos=np.sort(rng.uniform(-0.35, 0.35, (n, 3)), 1), step_meander=rng.uniform(0, 0.05, (n, 3)),
         step_wave=rng.uniform(0.2, 1.0, (n, 3)), step_wphase=rng.uniform(0, 2 * np.pi, (n, 3)),
@@ -138,7 +140,7 @@ def _draw_image_params(rng: np.random.Generator, n: int, size: int, shares: np.n
         smear_px=rng.uniform(3.0, 12.0, n), lag_px=rng.uniform(0.2, 1.0, n) * eta,
         streak_p=rng.uniform(0.08, 0.3, n),
         ghost_gain=ghost_gain, ghost_shift=ghost_shift,
-        white=rng.uniform(0.15, 0.6, (n, 2)) * eta, pink=rng.uniform(0.2, 1.0, n) * eta,
+        white=rng.uniform(0.02, 0.12, (n, 2)) * eta, pink=rng.uniform(0.03, 0.15, n) * eta,
         pink_alpha=rng.uniform(0.8, 1.3, n),
         tilt=rng.normal(0, 0.01, (n, 2)) * eta, skew=rng.normal(0, 0.03, n) * eta,
         creep=rng.uniform(0, 4, n) * eta, creep_lines=rng.uniform(5, 30, n),
@@ -280,18 +282,18 @@ def _render(rng: np.random.Generator, p: dict, size: int, eta: float) -> np.ndar
         z[li, lj] += np.where(burst, noise, 0) * amp[li, 0]
 
     # line artefacts: offset jumps that persist, per-line offsets, jumps in the middle of a line
-    jumps = rng.random((n, size)) < 0.03 * eta
-    offsets = np.cumsum(jumps * rng.normal(0, 3, (n, size)), 1) + rng.normal(0, 0.5 * eta, (n, size))
+    jumps = rng.random((n, size)) < 0.03 * eta * ('jumps' not in _OFF)
+    offsets = np.cumsum(jumps * rng.normal(0, 3, (n, size)), 1) + rng.normal(0, 0.5 * eta, (n, size)) * ('jumps' not in _OFF)
     z += offsets[:, :, None].astype(f32) * amp
-    li, lj = np.nonzero(rng.random((n, size)) < 0.02 * eta)
+    li, lj = np.nonzero(rng.random((n, size)) < 0.02 * eta * ('mid' not in _OFF))
     if len(li):
         where, height = rng.integers(1, size, len(li)), rng.normal(0, 2, len(li))
         z[li, lj] += np.where(cols[0, 0] >= where[:, None], height[:, None], 0).astype(f32) * amp[li, 0]
     # spikes: a few pixels far off the surface
-    counts = rng.poisson(3e-4 * eta * size * size, n)
+    counts = rng.poisson(1.5e-4 * eta * size * size * ('spikes' not in _OFF), n)
     img = np.repeat(np.arange(n), counts)
     sy, sx = rng.integers(0, size, (2, len(img)))
-    z[img, sy, sx] += (rng.choice([-1, 1], len(img)) * rng.uniform(3, 8, len(img)) * amp[img, 0, 0]).astype(f32)
+    z[img, sy, sx] += (rng.choice([-1, 1], len(img)) * rng.uniform(1.5, 4, len(img)) * amp[img, 0, 0]).astype(f32)
     # residual plane after imperfect levelling
     z += (p["tilt"][:, 0, None, None] * cols + p["tilt"][:, 1, None, None] * rows).astype(f32) * amp
     return z

@@ -8,31 +8,19 @@ fails or times out falls back to offline (then disabled) and says so.
 from __future__ import annotations
 
 import json
-import netrc
 import os
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from blueberry import rundir
+from blueberry.network import has_wandb_key
 
 INIT_TIMEOUT_S = float(os.environ.get("WANDB_INIT_TIMEOUT", 30))
 
 
 def notice(message: str) -> None:
     print(f"blueberry: {message}", file=sys.stderr, flush=True)
-
-
-def has_wandb_key() -> bool:
-    """An API key in the environment or ~/.netrc for the W&B host (no network, no prompt)."""
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
-        return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or ""
-    try:
-        return netrc.netrc().authenticators(host) is not None
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return False
 
 
 def choose_mode(requested: str) -> str:

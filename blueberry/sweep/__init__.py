@@ -1,0 +1,1 @@
+"""Sweeps from W&B sweep YAMLs: validation, trial commands, proposals and hyperband stopping."""

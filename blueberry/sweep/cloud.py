@@ -1,0 +1,63 @@
+"""`blueberry sweep create` / `sweep agent`: the same YAML on W&B's own sweep controller.
+
+Both need the W&B server (W&B's controller always does); without a key or a reachable server
+they stop at once and point to `blueberry sweep local`, which runs the same file serverless.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from typing import Any
+
+from blueberry.errors import UserError
+from blueberry.network import has_wandb_key, url_reachable, wandb_base_url
+
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)
+
+
+def require_wandb_server(command: str, sweep_file: str = "FILE") -> None:
+    local = f"run it without a server: blueberry sweep local {sweep_file}"
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
+        raise UserError(f"sweep {command}: WANDB_MODE={os.environ['WANDB_MODE']} but W&B sweeps need the "
+                        f"W&B server; {local}")
+    if not has_wandb_key():
+        raise UserError(f"sweep {command}: no W&B API key (WANDB_API_KEY or `wandb login`); W&B sweeps need "
+                        f"the W&B server; {local}")
+    if not url_reachable(wandb_base_url(), timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", 10))):
+        raise UserError(f"sweep {command}: cannot reach the W&B server ({wandb_base_url()}); {local}")
+
+
+def create(config: dict[str, Any], sweep_file: str, *, project: str | None, entity: str | None) -> str:
+    """Register the sweep with W&B; returns ENTITY/PROJECT/ID for the agents."""
+    require_wandb_server("create", sweep_file)
+    import wandb
+
+    sweep_id = wandb.sweep(config, project=project or config.get("project"), entity=entity or config.get("entity"))
+    entity = entity or config.get("entity") or wandb.Api().default_entity
+    project = project or config.get("project") or "uncategorized"
+    return f"{entity}/{project}/{sweep_id}"
+
+
+def agent(sweep_id: str, count: int | None) -> int:
+    """`wandb agent` in its own process group; our signals go to the whole group (agent and trial)."""
+    require_wandb_server("agent")
+    wandb_cli = shutil.which("wandb") or os.path.join(os.path.dirname(sys.executable), "wandb")
+    argv = [wandb_cli, "agent", *(["--count", str(count)] if count else []), sweep_id]
+    process = subprocess.Popen(argv, start_new_session=True)
+
+    def forward(signum, _frame):
+        try:
+            os.killpg(process.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
+    try:
+        return process.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

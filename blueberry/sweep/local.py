@@ -1,0 +1,194 @@
+"""`blueberry sweep local`: run a W&B sweep YAML with no W&B server.
+
+Each trial's argv is built from the YAML's `command` exactly as `wandb agent` builds it (plus
+--override args, and --resume=auto so a re-run interrupted trial continues from its checkpoint),
+and runs as a subprocess in its own process group with the trial folder as cwd. Up to `workers`
+at once; Ctrl-C / SIGTERM stop every group (the trainer checkpoints on SIGTERM) and mark those
+trials interrupted, so running the same command again resumes the sweep.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from blueberry import rundir
+from blueberry.sweep.command import apply_overrides, args_json, build_command
+from blueberry.sweep.hyperband import runs_to_stop
+from blueberry.sweep.spec import sweep_options
+from blueberry.sweep.state import SweepDir, Trial
+
+POLL_S = 2.0
+STOP_GRACE_S = 120.0          # a SIGTERMed trainer checkpoints at the end of its current step
+EXIT_PREEMPTED = 75           # blueberry.train.trainer.EXIT_PREEMPTED (not imported: no torch here)
+
+
+@dataclass
+class Running:
+    trial: Trial
+    process: subprocess.Popen
+    log: Any
+    stopping: str | None = None   # "hyperband" or "shutdown" once we signalled it
+
+
+class LocalRunner:
+    def __init__(self, sweep: SweepDir, *, workers: int = 1, count: int | None = None,
+                 overrides: list[str] = (), show=None, poll_s: float = POLL_S):
+        self.sweep, self.workers, self.count, self.poll_s = sweep, workers, count, poll_s
+        self.overrides = list(overrides)
+        self.show = show or (lambda trials, running: None)
+        self.running: dict[str, Running] = {}
+        self.started = 0
+        self.shutdown: int | None = None
+        self.blueberry_trial = sweep_options(sweep.config) is not None
+
+    # --- main loop ---------------------------------------------------------------------------
+    def run(self) -> int:
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            exhausted = False
+            while True:
+                while not self.shutdown and not exhausted and len(self.running) < self.workers and \
+                        (self.count is None or self.started < self.count):
+                    trial = self.sweep.claim()
+                    if trial is None:
+                        exhausted = True
+                        break
+                    self._start(trial)
+                if not self.running:
+                    break
+                self._poll()
+                self.show(self.sweep.trials(), set(self.running))
+                time.sleep(self.poll_s)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        self.show(self.sweep.trials(), set())
+        return 128 + self.shutdown if self.shutdown else 0
+
+    def _on_signal(self, signum, _frame) -> None:
+        if self.shutdown:        # a second Ctrl-C: no more waiting
+            for r in self.running.values():
+                _signal_group(r.process, signal.SIGKILL)
+            return
+        self.shutdown = signum
+        for r in self.running.values():
+            r.stopping = "shutdown"
+            _signal_group(r.process, signal.SIGTERM)
+
+    # --- trials --------------------------------------------------------------------------------
+    def command(self, trial: Trial) -> list[str]:
+        folder = self.sweep.trial_dir(trial.id)
+        json_file = folder / "args.json"
+        json_file.write_text(args_json(trial.params))
+        argv = build_command(self.sweep.config, trial.params, interpreter=sys.executable,
+                             args_json_file=str(json_file))
+        extra = list(self.overrides) + (["resume=auto"] if self.blueberry_trial else [])
+        return apply_overrides(argv, extra) if extra else argv
+
+    def _start(self, trial: Trial) -> None:
+        folder = self.sweep.trial_dir(trial.id)
+        trial.argv = self.command(trial)
+        trial.started = trial.started or time.time()
+        self.sweep.save(trial)
+        env = {**os.environ, "WANDB_RUN_GROUP": os.environ.get("WANDB_RUN_GROUP", self.sweep.name)}
+        if "OMP_NUM_THREADS" not in os.environ:   # workers share the cores instead of fighting for them
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.workers))
+        log = open(folder / "output.log", "a")
+        process = subprocess.Popen(trial.argv, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True, preexec_fn=_die_with_parent)
+        self.running[trial.id] = Running(trial, process, log)
+        self.started += 1
+
+    def _poll(self) -> None:
+        now = time.time()
+        for r in list(self.running.values()):
+            r.trial.heartbeat = now
+            self._read_history(r.trial)
+            code = r.process.poll()
+            if code is not None:
+                self._finish(r, code)
+            else:
+                self.sweep.save(r.trial)
+        self._hyperband()
+
+    def _finish(self, r: Running, code: int) -> None:
+        trial = r.trial
+        r.log.close()
+        del self.running[trial.id]
+        self._read_history(trial)
+        trial.exit_code, trial.ended = code, time.time()
+        if r.stopping == "shutdown":
+            trial.status = "interrupted"
+        elif r.stopping == "hyperband":
+            trial.status = "stopped"
+        elif code == 0:
+            trial.status = "finished"
+        elif code == EXIT_PREEMPTED:
+            trial.status = "interrupted"   # preempted from outside: run it again (it resumes)
+        else:
+            trial.status = "failed"
+        self.sweep.save(trial)
+
+    def _read_history(self, trial: Trial) -> None:
+        """The sweep metric as the trial's run dir logged it, one value per row that has it."""
+        runs = sorted((self.sweep.trial_dir(trial.id) / "runs").glob("*/" + rundir.METRICS),
+                      key=lambda p: p.stat().st_mtime)
+        if not runs or not self.sweep.metric:
+            return
+        trial.run_dir = str(runs[-1].parent.relative_to(self.sweep.path))
+        values = [row[self.sweep.metric] for row in rundir.read_metrics(runs[-1].parent)
+                  if isinstance(row.get(self.sweep.metric), (int, float))]
+        trial.history = values
+        trial.value = values[-1] if values else None
+
+    def _hyperband(self) -> None:
+        if self.shutdown:
+            return
+        histories = {t.id: t.history for t in self.sweep.trials()}
+        histories.update({tid: r.trial.history for tid, r in self.running.items()})
+        candidates = {tid for tid, r in self.running.items() if r.stopping is None}
+        for tid in runs_to_stop(self.sweep.config, histories, candidates):
+            r = self.running[tid]
+            r.stopping = "hyperband"
+            _signal_group(r.process, signal.SIGTERM)
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the runner dies, so a killed runner leaves no orphan trial
+    (another runner will re-run it). Linux prctl(PR_SET_PDEATHSIG); elsewhere a no-op."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def ranked(trials: list[Trial], goal: str) -> list[Trial]:
+    """Trials with a value, best first; the rest after them in id order."""
+    valued = [t for t in trials if t.value is not None]
+    valued.sort(key=lambda t: t.value, reverse=goal == "maximize")
+    return valued + [t for t in trials if t.value is None]
+
+
+def default_sweep_dir(config: dict[str, Any], source: Path, overrides: list[str]) -> Path:
+    """runs/sweeps/<name>: the same YAML resumes its sweep; overrides (a smoke run) get their own."""
+    import hashlib
+
+    name = str(config.get("name") or source.stem)
+    if overrides:
+        name += "-" + hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:6]
+    return Path("runs") / "sweeps" / name

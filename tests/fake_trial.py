@@ -1,0 +1,26 @@
+"""A stand-in trial program for sweep-runner tests: logs `val/loss` = values[i] at evaluation i
+into runs/fake/metrics.jsonl (like a blueberry run dir), sleeping between evaluations.
+
+    python fake_trial.py --values=1,0.5 --sleep=0.1 --fail=false --x=anything
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--values", default="1.0")
+parser.add_argument("--sleep", type=float, default=0.0)
+parser.add_argument("--fail", default="false")
+args, _ = parser.parse_known_args()
+
+run = Path("runs") / "fake"
+run.mkdir(parents=True, exist_ok=True)
+with open(run / "metrics.jsonl", "a", buffering=1) as f:
+    for i, value in enumerate(float(v) for v in args.values.split(",")):
+        f.write(json.dumps({"step": i, "val/loss": value}) + "\n")
+        time.sleep(args.sleep)
+if args.fail == "true":
+    sys.exit(3)

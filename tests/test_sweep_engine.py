@@ -1,0 +1,226 @@
+"""Proposals with W&B's semantics (grid, random, bayes through Optuna) and W&B's hyperband stopping."""
+
+import itertools
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+
+from blueberry.sweep.engine import BayesProposer, canonical, grid_points, next_params, sample_random, sample_value
+from blueberry.sweep.hyperband import band_thresholds, hyperband_bands, runs_to_stop, should_stop
+
+GRID = {
+    "lr": {"values": [0.001, 0.003, 0.01]},
+    "n_layers": {"distribution": "int_uniform", "min": 1, "max": 2},
+    "optimizer": {"value": "muon"},
+    "reg": {"parameters": {"wd": {"values": [0.0, 0.1]}, "beta": {"value": 0.9}}},
+    "d": {"distribution": "q_uniform", "min": 0, "max": 1, "q": 0.25},
+}
+
+
+def test_grid_is_the_full_product_once_in_wandb_order():
+    points = grid_points(GRID)
+    assert len(points) == 3 * 2 * 2 * 4
+    assert len({canonical(p) for p in points}) == len(points)
+    # W&B: parameters by sorted name (nested ones depth first), the first one varying slowest
+    assert points[0] == {"d": 0.0, "lr": 0.001, "n_layers": 1, "optimizer": "muon", "reg": {"beta": 0.9, "wd": 0.0}}
+    assert points[1]["reg"] == {"beta": 0.9, "wd": 0.1} and points[2]["n_layers"] == 2
+    assert [p["d"] for p in points[::12]] == np.arange(0, 1, 0.25).tolist()   # max excluded, as W&B
+    for lr, n, wd in itertools.product([0.001, 0.003, 0.01], [1, 2], [0.0, 0.1]):
+        assert sum(p["lr"] == lr and p["n_layers"] == n and p["reg"]["wd"] == wd for p in points) == 4
+
+
+def test_grid_q_uniform_matches_numpy_arange():
+    for lo, hi, q in [(0.0, 1.0, 0.1), (0.1, 0.7, 0.2), (64, 256, 64), (1, 2, 0.3)]:
+        points = grid_points({"x": {"distribution": "q_uniform", "min": lo, "max": hi, "q": q}})
+        assert [p["x"] for p in points] == np.arange(lo, hi, q).tolist()
+
+
+def test_grid_counts_repeated_values_once():
+    assert grid_points({"x": {"values": [1, 1.0, 2, 1]}}) == [{"x": 1}, {"x": 2}]
+
+
+def test_next_params_walks_the_grid_without_repeats():
+    config = {"method": "grid", "parameters": GRID}
+    taken = []
+    while (params := next_params(config, [], taken, seed=0)) is not None:
+        # the runner's state goes through JSON (0.0 may come back as 0 from W&B): still the same point
+        taken.append(json.loads(json.dumps(params).replace(": 0.0,", ": 0,")))
+    assert len(taken) == 48 and len({canonical(t) for t in taken}) == 48
+    # two runners reading the same state (running trials included in taken) propose the same next point,
+    # and once it is recorded as taken neither proposes it again
+    half = taken[:20]
+    first = next_params(config, [], half, seed=0)
+    assert first == next_params(config, [], half, seed=1) and canonical(first) not in {canonical(t) for t in half}
+    assert canonical(next_params(config, [], [*half, first], seed=0)) != canonical(first)
+    assert next_params({**config, "run_cap": 5}, [], taken[:5], seed=0) is None
+
+
+DISTRIBUTIONS = {
+    "uniform": ({"min": -2.0, "max": 3.0}, -2.0, 3.0),
+    "int_uniform": ({"min": 3, "max": 7}, 3, 7),
+    "q_uniform": ({"min": 0.0, "max": 1.0, "q": 0.25}, 0.0, 1.0),
+    "log_uniform": ({"min": math.log(1e-4), "max": math.log(1e-1)}, 1e-4, 1e-1),   # natural-log bounds
+    "log_uniform_values": ({"min": 1e-4, "max": 1e-1}, 1e-4, 1e-1),                 # the values themselves
+    "q_log_uniform": ({"min": math.log(2.0), "max": math.log(512.0), "q": 2}, 2, 512),
+    "q_log_uniform_values": ({"min": 2.0, "max": 512.0, "q": 2}, 2, 512),
+    "inv_log_uniform": ({"min": 1.0, "max": 5.0}, math.exp(-5.0), math.exp(-1.0)),
+    "inv_log_uniform_values": ({"min": 0.01, "max": 0.5}, 0.01, 0.5),
+    "normal": ({"mu": 1.0, "sigma": 0.5}, -math.inf, math.inf),
+    "q_normal": ({"mu": 10.0, "sigma": 3.0, "q": 2}, -math.inf, math.inf),
+    "log_normal": ({"mu": 0.0, "sigma": 1.0}, 0.0, math.inf),
+    "q_log_normal": ({"mu": 2.0, "sigma": 0.5, "q": 0.5}, 0.0, math.inf),
+    "beta": ({"a": 2.0, "b": 5.0}, 0.0, 1.0),
+    "q_beta": ({"a": 2.0, "b": 2.0, "q": 0.1}, 0.0, 1.0),
+}
+
+
+@pytest.mark.parametrize("dist", sorted(DISTRIBUTIONS))
+def test_random_samples_fall_in_range(dist):
+    spec, lo, hi = DISTRIBUTIONS[dist]
+    spec = {"distribution": dist, **spec}
+    rng = random.Random(0)
+    xs = [sample_value(spec, dist, rng) for _ in range(2000)]
+    assert all(lo <= x <= hi for x in xs)
+    if "q" in spec:
+        assert all(abs(x / spec["q"] - round(x / spec["q"])) < 1e-9 for x in xs)
+        assert all(isinstance(x, int) for x in xs) == isinstance(spec["q"], int)
+    if dist.startswith(("log_uniform", "inv_log_uniform")):   # spread evenly over the decades
+        decades = np.histogram(np.log(xs), bins=3, range=(math.log(lo), math.log(hi)))[0]
+        assert decades.min() > 500
+    if dist == "int_uniform":
+        assert set(xs) == {3, 4, 5, 6, 7}
+    if dist == "normal":
+        assert abs(np.mean(xs) - 1.0) < 0.05 and abs(np.std(xs) - 0.5) < 0.05
+
+
+def test_random_categorical_honours_probabilities_and_nesting():
+    params = {"opt": {"values": ["a", "b", "c"], "probabilities": [0.7, 0.0, 0.3]},
+              "reg": {"parameters": {"wd": {"values": [0.0, 0.1]}, "k": {"value": 1}}}}
+    draws = [sample_random(params, random.Random(i)) for i in range(1000)]
+    share = sum(d["opt"] == "a" for d in draws) / len(draws)
+    assert 0.65 < share < 0.75 and not any(d["opt"] == "b" for d in draws)
+    assert {d["reg"]["wd"] for d in draws} == {0.0, 0.1} and all(d["reg"]["k"] == 1 for d in draws)
+    assert sample_random(params, random.Random(5)) == sample_random(params, random.Random(5))
+
+
+def test_next_params_random_is_deterministic_and_capped():
+    config = {"method": "random", "run_cap": 3, "parameters": {"lr": {"distribution": "uniform", "min": 0.0, "max": 1.0}}}
+    a = next_params(config, [], [], seed=7)
+    assert a == next_params(config, [], [], seed=7) and a != next_params(config, [], [a], seed=7)
+    assert next_params(config, [], [a, a, a], seed=7) is None
+
+
+QUAD = {"x": {"distribution": "uniform", "min": 0.0, "max": 1.0}, "k": {"value": 3}}
+
+
+def _loss(params):
+    return (params["x"] - 0.3) ** 2
+
+
+def test_bayes_uses_the_told_values_and_beats_random():
+    proposer = BayesProposer(QUAD, "minimize", seed=0, n_startup_trials=5)
+    xs = []
+    for _ in range(30):
+        key, params = proposer.suggest()
+        assert 0.0 <= params["x"] <= 1.0 and params["k"] == 3
+        proposer.tell(key, _loss(params))
+        xs.append(params["x"])
+    rng = random.Random(0)
+    random_xs = [rng.random() for _ in range(30)]
+    assert np.mean([abs(x - 0.3) for x in xs[-10:]]) < 0.5 * np.mean([abs(x - 0.3) for x in random_xs[-10:]])
+    # maximize the same loss: TPE must move to the far end instead
+    proposer = BayesProposer(QUAD, "maximize", seed=0, n_startup_trials=5)
+    for _ in range(30):
+        key, params = proposer.suggest()
+        proposer.tell(key, _loss(params))
+    assert proposer.study.best_value > 0.4   # x near 1.0
+
+
+def test_bayes_rebuilds_from_history():
+    history = [({"x": x, "k": 3}, _loss({"x": x})) for x in np.linspace(0.0, 1.0, 12)] + [({"x": 0.5, "k": 3}, None)]
+    a = BayesProposer(QUAD, "minimize", seed=3, history=history)
+    b = BayesProposer(QUAD, "minimize", seed=3, history=history)
+    assert len(a.study.trials) == 13 and a.study.best_value == min(v for _, v in history[:-1])
+    assert a.suggest()[1] == b.suggest()[1]
+    # the same points told opposite values: the suggestion follows the values
+    flipped = BayesProposer(QUAD, "minimize", seed=3, history=[(p, -v) for p, v in history[:-1]])
+    near = [BayesProposer(QUAD, "minimize", seed=s, history=history).suggest()[1]["x"] for s in range(5)]
+    far = [BayesProposer(QUAD, "minimize", seed=s, history=[(p, -v) for p, v in history[:-1]]).suggest()[1]["x"]
+           for s in range(5)]
+    assert np.mean([abs(x - 0.3) for x in near]) < np.mean([abs(x - 0.3) for x in far])
+    assert flipped.skipped == 0 and BayesProposer(QUAD, history=[({"x": 7.0, "k": 3}, 1.0)]).skipped == 1
+
+
+def test_bayes_maps_every_distribution_into_range():
+    mapped = {name: d for name, d in DISTRIBUTIONS.items() if not name.endswith("beta")}   # no Optuna mapping
+    params = {name: {"distribution": name, **spec} for name, (spec, _, _) in mapped.items()}
+    params["opt"] = {"values": [[1, 2], {"a": 1}, "x"]}
+    history = [(sample_random(params, random.Random(i)), float(i)) for i in range(12)]
+    proposer = BayesProposer(params, "minimize", seed=0, history=history)
+    assert proposer.skipped == 0
+    for _ in range(5):
+        key, got = proposer.suggest()
+        for name, (spec, lo, hi) in mapped.items():
+            assert lo <= got[name] <= hi
+            if "q" in spec:
+                assert abs(got[name] / spec["q"] - round(got[name] / spec["q"])) < 1e-9
+        assert got["opt"] in params["opt"]["values"]
+        proposer.tell(key, 1.0)
+
+
+def test_next_params_bayes_stops_at_target_and_varies_with_state():
+    config = {"method": "bayes", "metric": {"name": "loss", "goal": "minimize", "target": 0.01}, "parameters": QUAD}
+    first = next_params(config, [], [], seed=0)
+    second = next_params(config, [], [first], seed=0)   # first still running
+    assert first != second and first == next_params(config, [], [], seed=0)
+    assert next_params(config, [(first, 0.5), (second, 0.001)], [first, second], seed=0) is None
+
+
+# --- hyperband ------------------------------------------------------------------------------------
+
+def test_bands():
+    assert hyperband_bands({"type": "hyperband", "min_iter": 2, "eta": 3})[:4] == [2, 6, 18, 54]
+    assert hyperband_bands({"type": "hyperband", "max_iter": 27, "s": 2, "eta": 3}) == [3, 9]
+    assert hyperband_bands({"type": "hyperband", "max_iter": 5, "s": 2, "eta": 2}) == [1, 2]
+
+
+def test_hyperband_wandb_docstring_example():
+    # wandb/sweeps hyperband_stop_runs' own example: only b is stopped
+    config = {"metric": {"name": "loss", "goal": "minimize"},
+              "early_terminate": {"type": "hyperband", "max_iter": 5, "eta": 2, "s": 2}}
+    histories = {"a": [10, 9], "b": [10, 10], "c": [10, 8, 8], "d": [10, 7, 7], "e": [10, 6, 6]}
+    assert runs_to_stop(config, histories, running={"b", "c", "d"}) == ["b"]
+
+
+def test_hyperband_keeps_the_top_third_at_a_band():
+    config = {"metric": {"name": "val/loss"}, "early_terminate": {"type": "hyperband", "min_iter": 3, "eta": 3}}
+    histories = {f"r{v}": [9.0, 9.0, float(v)] for v in range(1, 10)}   # 9 runs reached band 3
+    stopped = runs_to_stop(config, histories, running=set(histories))
+    # W&B's threshold is the value at index int(9/3) = 3: the best 3 (and the 4th) pass
+    assert stopped == ["r5", "r6", "r7", "r8", "r9"]
+    assert band_thresholds(list(histories.values()), [3], 3) == [4.0]
+    # strict (W&B's default) judges the value at the band, not the best value since
+    late = {**histories, "late": [9.0, 9.0, 8.0, 1.0]}
+    assert "late" in runs_to_stop(config, late, running={"late"})
+    assert runs_to_stop({**config, "early_terminate": {**config["early_terminate"], "strict": False}}, late,
+                        running={"late"}) == []
+    # before min_iter nothing is judged, however bad
+    early = {**histories, "new": [100.0, 100.0]}
+    assert "new" not in runs_to_stop(config, early, running=set(early))
+
+
+def test_hyperband_strict_and_maximize():
+    histories = [[0.5, 0.1], [0.5, 0.6], [0.5, 0.7], [0.5, 0.8]]   # accuracy, maximize
+    late_bloomer = [0.5, 0.2, 0.9]
+    kwargs = dict(bands=[2], eta=2, goal="maximize")
+    assert should_stop(late_bloomer, [*histories, late_bloomer], strict=True, **kwargs)       # at band 2: 0.2
+    assert not should_stop(late_bloomer, [*histories, late_bloomer], strict=False, **kwargs)  # best so far: 0.9
+    assert not should_stop([0.5, 0.8], [*histories, late_bloomer], **kwargs)
+    config = {"metric": {"name": "acc", "goal": "maximize"},
+              "early_terminate": {"type": "hyperband", "min_iter": 2, "eta": 2, "strict": False}}
+    all_runs = {i: h for i, h in enumerate([*histories, late_bloomer])}
+    assert runs_to_stop(config, all_runs, running={0, 4}) == [0]
+    assert runs_to_stop({"metric": {"name": "acc"}}, all_runs, running={0}) == []
