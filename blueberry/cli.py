@@ -216,7 +216,9 @@ def agent(sweep_id, count):
 @click.option("--override", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Append --KEY=VALUE to every trial (repeatable; later wins), e.g. max_steps=20.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random/bayes proposals.")
-def local(file, workers, count, sweep_dir, overrides, seed):
+@click.option("--report/--no-report", "write_report", default=True, show_default=True,
+              help="When the sweep ends, write its report (HTML, CSV, JSON, figures) to SWEEP_DIR/report.")
+def local(file, workers, count, sweep_dir, overrides, seed, write_report):
     """Run a sweep YAML here, no W&B server: trials as subprocesses, state in the sweep dir."""
     from blueberry.sweep.display import SweepDisplay
     from blueberry.sweep.local import LocalRunner, default_sweep_dir
@@ -231,7 +233,193 @@ def local(file, workers, count, sweep_dir, overrides, seed):
     display = SweepDisplay(state.name, state.metric, state.goal)
     code = LocalRunner(state, workers=workers, count=count, overrides=overrides, show=display).run()
     display.close(state.trials())
+    if write_report and code == 0:   # an interrupted sweep is resumed, and reported, later
+        report_sweep(state)
     return code
+
+
+def report_sweep(state) -> None:
+    """The sweep's report in SWEEP_DIR/report. It never changes the sweep's exit code: a failure is a
+    one-line warning. While another runner still has trials running, that runner writes it."""
+    import time
+
+    from blueberry.sweep.state import STALE_AFTER_S
+
+    live = [t for t in state.trials() if t.status == "running" and time.time() - t.heartbeat <= STALE_AFTER_S]
+    if live:
+        click.echo(f"report: {len(live)} trial(s) still running in another runner, which writes the report when "
+                   f"it ends; a report of the trials so far: blueberry report {state.path}", err=True)
+        return
+    try:
+        from blueberry.report.build import build_report, written_line
+
+        result = build_report([state.path])
+    except Exception as e:   # the sweep's results are safe on disk whatever happened here
+        why = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        why = why if isinstance(e, UserError) else f"{type(e).__name__}: {why}"
+        click.echo(f"warning: sweep report not written ({why}); try: blueberry report {state.path}", err=True)
+        return
+    click.echo(written_line(result))
+
+
+@main.group()
+def slurm():
+    """Submit the sbatch scripts in slurm/ (train, multinode, sweep agents) and follow the jobs."""
+
+
+@slurm.command(context_settings={"ignore_unknown_options": True})
+@click.argument("kind", type=click.Choice(["train", "multinode", "sweep"]))
+@click.option("--nodes", type=click.IntRange(min=1), help="Nodes (multinode).")
+@click.option("--gpus", type=click.IntRange(min=1), help="GPUs per node: requests --gres=gpu:N, one process each.")
+@click.option("--procs", type=click.IntRange(min=1), help="Processes per node on CPU-only nodes (no GPU request).")
+@click.option("--time", "time_limit", help="Time limit, e.g. 04:00:00.")
+@click.option("--partition", help="Partition.")
+@click.option("--account", help="Account to charge.")
+@click.option("--array", help="Array indices for sweep agents, e.g. 0-7.")
+@click.option("--job-name", help="Job name (keep the bb- prefix for `slurm status`).")
+@click.option("--task", type=click.Choice(sorted(TASK_CONFIGS)), help="Task to train (train, multinode).")
+@click.option("--mode", type=click.Choice(["local", "wandb"]), help="sweep: local workers on a shared sweep dir, or wandb agent.")
+@click.option("--sbatch", "extra", multiple=True, metavar="KEY=VALUE", help="Any other #SBATCH option, e.g. --sbatch mem=64G.")
+@click.option("--dry-run", is_flag=True, help="Print the filled script instead of submitting it.")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def submit(kind, nodes, gpus, procs, time_limit, partition, account, array, job_name, task, mode, extra, dry_run, args):
+    """Fill slurm/KIND.sbatch and submit it; ARGS after `--` go to the job (train: trainer options;
+    sweep: the sweep YAML, then `sweep local` options)."""
+    from blueberry import slurm as slurm_jobs
+
+    sbatch = {k: v for k, v in {"nodes": nodes, "time": time_limit, "partition": partition, "account": account,
+                                "array": array, "job-name": job_name}.items() if v is not None}
+    if gpus:
+        sbatch["gres"] = f"gpu:{gpus}"
+    for item in extra:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--sbatch {item!r}: write KEY=VALUE, e.g. mem=64G")
+        sbatch[key.lstrip("-")] = value
+    env = {k: v for k, v in {"GPUS": gpus, "CPU_PROCS": procs, "TASK": task, "MODE": mode}.items() if v is not None}
+    if kind == "sweep" and mode != "wandb" and not args:
+        raise UserError("slurm submit sweep: give the sweep YAML after --, e.g. -- sweeps/moe-lr-search.yaml")
+    script = slurm_jobs.render(kind, sbatch, env, list(args))
+    if dry_run:
+        click.echo(script, nl=False)
+        return 0
+    job = slurm_jobs.submit(kind, script, Path.cwd())
+    click.echo(f"submitted {kind} job {job}")
+    click.echo("logs in logs/, run dirs in runs/; follow with: blueberry slurm status", err=True)
+
+
+@slurm.command()
+def status():
+    """List your blueberry jobs (bb-*) with their state and run dirs."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from blueberry import slurm as slurm_jobs
+
+    table = Table(title="blueberry jobs")
+    for column in ("job", "name", "state", "elapsed", "limit", "nodes", "reason", "workdir"):
+        table.add_column(column)
+    table.add_column("run dirs", overflow="fold")
+    for job in slurm_jobs.jobs():
+        runs = ", ".join(str(p.relative_to(job["workdir"])) for p in slurm_jobs.run_dirs_of(job)) or "-"
+        table.add_row(job["id"], job["name"], job["state"], job["elapsed"], job["limit"], job["nodes"],
+                      job["reason"], job["workdir"], runs)
+    Console().print(table)
+
+
+REPORT_HELP = """Report on runs: PATH is run dirs, folders of run dirs, or sweep dirs (or --wandb for a W&B
+project). Prints a table (the config fields that differ, best and final metric, step of best, degradation
+after it, steps, tokens, wall time, throughput, params), a ranking that groups seed repeats and marks
+differences within seed noise, and health warnings; writes CSV, JSON, figures and one self-contained HTML."""
+
+
+class PathsOrCommands(click.Group):
+    """`GROUP [OPTIONS] PATH...` runs the group's hidden default command, `GROUP COMMAND ...` a
+    subcommand: a first argument that names no subcommand belongs to the default command, which
+    also lends the group its usage and options in --help."""
+
+    default_command = "paths"
+
+    def parse_args(self, ctx, args):
+        if not args or (args[0] not in self.commands and args[0] not in ctx.help_option_names):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+    def format_help(self, ctx, formatter):
+        default = self.commands[self.default_command]
+        formatter.write_usage(ctx.command_path, " ".join(default.collect_usage_pieces(ctx)))
+        formatter.write_usage(ctx.command_path, "COMMAND [ARGS]...", prefix="   or: ")
+        self.format_help_text(ctx, formatter)
+        default.format_options(ctx, formatter)
+        self.format_commands(ctx, formatter)
+
+
+class GroupDefault(click.Command):
+    """The default command of a PathsOrCommands group runs under the group's name (in usage and errors)."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        return super().make_context(parent.info_name, args, parent=parent.parent, **extra)
+
+
+@main.group(cls=PathsOrCommands, help=REPORT_HELP)
+def report():
+    pass
+
+
+@report.command(name=PathsOrCommands.default_command, cls=GroupDefault, hidden=True, help=REPORT_HELP)
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for the report. Default: SWEEP_DIR/report or RUN_DIR/report for one path, else ./report.")
+@click.option("--metric", default=None,
+              help="Metric to rank by, e.g. val/loss or val/accuracy. Default: the sweep's metric, else the runs' own.")
+@click.option("--wandb", "wandb_project", metavar="ENTITY/PROJECT", default=None,
+              help="Report on this W&B project's runs (needs the server) instead of PATHs.")
+@click.option("--sweep", "sweep_id", metavar="ID", default=None, help="With --wandb: only this sweep's runs.")
+@click.option("--group", default=None, help="With --wandb: only this run group (`sweep local` trials: the sweep name).")
+@click.option("--per-run-figures/--no-per-run-figures", default=True, show_default=True,
+              help="A 4-panel figure per run (val loss vs time and step, accuracy, LR).")
+def report_paths(paths, out_dir, metric, wandb_project, sweep_id, group, per_run_figures):
+    from blueberry.report.build import build_report, print_report, report_loaded
+
+    if wandb_project:
+        if paths:
+            raise UserError("report: give PATHs or --wandb ENTITY/PROJECT, not both")
+        from blueberry.report.load import load_wandb
+
+        loaded = load_wandb(wandb_project, sweep_id, group=group)
+        source = wandb_project + (f" sweep {sweep_id}" if sweep_id else "") + (f" group {group}" if group else "")
+        result = report_loaded(loaded, out_dir or "report", metric, sources=[source], per_run_figures=per_run_figures)
+    elif sweep_id or group:
+        raise UserError("report: --sweep and --group choose W&B runs; use them with --wandb ENTITY/PROJECT")
+    elif not paths:
+        raise UserError("report: give run dirs, folders of run dirs or sweep dirs (PATH...), or --wandb ENTITY/PROJECT")
+    else:
+        result = build_report(list(paths), out_dir, metric, per_run_figures=per_run_figures)
+    print_report(result)
+
+
+@report.command(name="wandb-report")
+@click.option("--project", required=True, help="W&B project.")
+@click.option("--entity", default=None, help="W&B entity (default: yours).")
+@click.option("--sweep", "sweep_id", metavar="ID", default=None, help="Only this sweep's runs.")
+@click.option("--group", default=None, help="Only this run group (`sweep local` trials: the sweep name).")
+@click.option("--metric", default="val/loss_best", show_default=True,
+              help="Summary key of parallel coordinates and importance; for X_best the line plots show X.")
+@click.option("--param", "params", multiple=True, metavar="FIELD",
+              help="Config field for parallel coordinates (repeatable). Default: the swept parameters.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
+              help="Where the spec goes when the report cannot be saved. Default: ./wandb-report-PROJECT[-SWEEP].json.")
+@click.option("--offline", is_flag=True, help="Do not contact W&B: write the spec file only.")
+def wandb_report(project, entity, sweep_id, group, metric, params, out_file, offline):
+    """Build a W&B Report: val curves, parallel coordinates over the swept parameters, parameter
+    importance and a run comparer. Without the W&B server it writes the report's spec to a file."""
+    from blueberry.report.wandb_report import build_wandb_report
+
+    result = build_wandb_report(project, entity, sweep_id, metric, list(params) or None, out_file,
+                                True if offline else None, group=group)
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(result.message)
 
 
 if __name__ == "__main__":

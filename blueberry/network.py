@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import netrc
 import os
+
+from blueberry.errors import UserError
 import threading
 import urllib.error
 import urllib.request
@@ -45,3 +47,15 @@ def has_wandb_key() -> bool:
         return netrc.netrc().authenticators(host) is not None
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         return False
+
+
+def require_wandb_server(what: str, hint: str) -> None:
+    """UserError `what: <why W&B is out of reach>; hint` unless a key and the server are there."""
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    if mode in ("offline", "disabled", "dryrun"):
+        raise UserError(f"{what}: WANDB_MODE={mode} but this needs the W&B server; {hint}")
+    if not has_wandb_key():
+        raise UserError(f"{what}: no W&B API key (WANDB_API_KEY or `wandb login`) and this needs the "
+                        f"W&B server; {hint}")
+    if not url_reachable(wandb_base_url(), timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", 10))):
+        raise UserError(f"{what}: cannot reach the W&B server ({wandb_base_url()}); {hint}")

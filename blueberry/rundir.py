@@ -27,7 +27,10 @@ STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 def slurm_job_tag() -> str:
-    """'j<job>' or 'j<array job>_<task>' under SLURM, '' elsewhere."""
+    """'j<job>' or 'j<array job>_<task>' under SLURM, '' elsewhere. BLUEBERRY_RUN_TAG, when set
+    (even empty), wins: a sweep's trials are resumed by whichever array task claims them."""
+    if "BLUEBERRY_RUN_TAG" in os.environ:
+        return os.environ["BLUEBERRY_RUN_TAG"]
     array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     if array_job and task:
         return f"j{array_job}_{task}"

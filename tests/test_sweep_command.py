@@ -22,8 +22,9 @@ def wandb_agent_argv(tmp_path, monkeypatch):
 
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SWEEP_ID", "sw1")
-    for var in ("WANDB_RUN_ID", "WANDB_SWEEP_PARAM_PATH"):   # the agent sets these; restore them after
-        monkeypatch.delenv(var, raising=False)
+    for var in ("WANDB_RUN_ID", "WANDB_SWEEP_PARAM_PATH"):   # the agent sets these: unset them after
+        monkeypatch.setenv(var, "")   # (delenv alone records nothing when the variable is absent)
+        monkeypatch.delenv(var)
     started = []
 
     class CapturedProcess:

@@ -13,27 +13,18 @@ import subprocess
 import sys
 from typing import Any
 
-from blueberry.errors import UserError
-from blueberry.network import has_wandb_key, url_reachable, wandb_base_url
+from blueberry.network import require_wandb_server
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)
 
 
-def require_wandb_server(command: str, sweep_file: str = "FILE") -> None:
-    local = f"run it without a server: blueberry sweep local {sweep_file}"
-    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
-        raise UserError(f"sweep {command}: WANDB_MODE={os.environ['WANDB_MODE']} but W&B sweeps need the "
-                        f"W&B server; {local}")
-    if not has_wandb_key():
-        raise UserError(f"sweep {command}: no W&B API key (WANDB_API_KEY or `wandb login`); W&B sweeps need "
-                        f"the W&B server; {local}")
-    if not url_reachable(wandb_base_url(), timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", 10))):
-        raise UserError(f"sweep {command}: cannot reach the W&B server ({wandb_base_url()}); {local}")
+def _require_server(command: str, sweep_file: str = "FILE") -> None:
+    require_wandb_server(f"sweep {command}", f"run it without a server: blueberry sweep local {sweep_file}")
 
 
 def create(config: dict[str, Any], sweep_file: str, *, project: str | None, entity: str | None) -> str:
     """Register the sweep with W&B; returns ENTITY/PROJECT/ID for the agents."""
-    require_wandb_server("create", sweep_file)
+    _require_server("create", sweep_file)
     import wandb
 
     sweep_id = wandb.sweep(config, project=project or config.get("project"), entity=entity or config.get("entity"))
@@ -44,7 +35,7 @@ def create(config: dict[str, Any], sweep_file: str, *, project: str | None, enti
 
 def agent(sweep_id: str, count: int | None) -> int:
     """`wandb agent` in its own process group; our signals go to the whole group (agent and trial)."""
-    require_wandb_server("agent")
+    _require_server("agent")
     wandb_cli = shutil.which("wandb") or os.path.join(os.path.dirname(sys.executable), "wandb")
     argv = [wandb_cli, "agent", *(["--count", str(count)] if count else []), sweep_id]
     process = subprocess.Popen(argv, start_new_session=True)

@@ -98,7 +98,9 @@ class LocalRunner:
         trial.argv = self.command(trial)
         trial.started = trial.started or time.time()
         self.sweep.save(trial)
-        env = {**os.environ, "WANDB_RUN_GROUP": os.environ.get("WANDB_RUN_GROUP", self.sweep.name)}
+        # Untagged run dirs: an interrupted trial resumes whichever SLURM array task re-runs it.
+        env = {**os.environ, "WANDB_RUN_GROUP": os.environ.get("WANDB_RUN_GROUP", self.sweep.name),
+               "BLUEBERRY_RUN_TAG": ""}
         if "OMP_NUM_THREADS" not in os.environ:   # workers share the cores instead of fighting for them
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.workers))
         log = open(folder / "output.log", "a")

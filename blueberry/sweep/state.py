@@ -125,7 +125,7 @@ class SweepDir:
                 if t.status == "running" and now - t.heartbeat > STALE_AFTER_S:
                     t.status = "interrupted"
                     self.save(t)
-            owner = {"host": socket.gethostname(), "pid": os.getpid()}
+            owner = {"host": socket.gethostname(), "pid": os.getpid(), "job": rundir.slurm_job_tag()}
             for t in trials:
                 if t.status == "interrupted":
                     t.status, t.attempts, t.owner, t.heartbeat, t.exit_code = "running", t.attempts + 1, owner, now, None
