@@ -367,15 +367,15 @@ def report():
 
 
 @report.command(name=PathsOrCommands.default_command, cls=GroupDefault, hidden=True, help=REPORT_HELP)
-@click.argument("paths", nargs=-1, type=click.Path())
+@click.argument("paths", nargs=-1, type=click.Path(), metavar="[PATH]...")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for the report. Default: SWEEP_DIR/report or RUN_DIR/report for one path, else ./report.")
-@click.option("--metric", default=None,
+@click.option("--metric", default=None, metavar="NAME",
               help="Metric to rank by, e.g. val/loss or val/accuracy. Default: the sweep's metric, else the runs' own.")
 @click.option("--wandb", "wandb_project", metavar="ENTITY/PROJECT", default=None,
               help="Report on this W&B project's runs (needs the server) instead of PATHs.")
 @click.option("--sweep", "sweep_id", metavar="ID", default=None, help="With --wandb: only this sweep's runs.")
-@click.option("--group", default=None, help="With --wandb: only this run group (`sweep local` trials: the sweep name).")
+@click.option("--group", default=None, metavar="NAME", help="With --wandb: only this run group (`sweep local` trials: the sweep name).")
 @click.option("--per-run-figures/--no-per-run-figures", default=True, show_default=True,
               help="A 4-panel figure per run (val loss vs time and step, accuracy, LR).")
 def report_paths(paths, out_dir, metric, wandb_project, sweep_id, group, per_run_figures):
@@ -399,11 +399,11 @@ def report_paths(paths, out_dir, metric, wandb_project, sweep_id, group, per_run
 
 
 @report.command(name="wandb-report")
-@click.option("--project", required=True, help="W&B project.")
-@click.option("--entity", default=None, help="W&B entity (default: yours).")
+@click.option("--project", required=True, metavar="NAME", help="W&B project.")
+@click.option("--entity", default=None, metavar="NAME", help="W&B entity (default: yours).")
 @click.option("--sweep", "sweep_id", metavar="ID", default=None, help="Only this sweep's runs.")
-@click.option("--group", default=None, help="Only this run group (`sweep local` trials: the sweep name).")
-@click.option("--metric", default="val/loss_best", show_default=True,
+@click.option("--group", default=None, metavar="NAME", help="Only this run group (`sweep local` trials: the sweep name).")
+@click.option("--metric", default="val/loss_best", show_default=True, metavar="NAME",
               help="Summary key of parallel coordinates and importance; for X_best the line plots show X.")
 @click.option("--param", "params", multiple=True, metavar="FIELD",
               help="Config field for parallel coordinates (repeatable). Default: the swept parameters.")

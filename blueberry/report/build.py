@@ -1,0 +1,258 @@
+"""`build_report`: read runs, analyse them, write the table, JSON, figures and HTML; `print_report`
+shows the result in a terminal. The CLI (`blueberry report`) and `blueberry sweep local` call these."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from blueberry import rundir
+from blueberry.report.analyse import Analysis, analyse, clean, fmt
+from blueberry.report.load import Loaded, Run, is_sweep_dir, load_runs
+
+HTML = "report.html"
+TABLE_CSV = "table.csv"
+TABLE_JSON = "table.json"
+SUMMARY_JSON = "summary.json"
+LR_JSON = "lr_recommendation.json"
+
+
+@dataclass
+class ReportResult:
+    out_dir: Path
+    runs: list[Run]
+    analysis: Analysis
+    files: dict[str, Path] = field(default_factory=dict)   # what was written: html, table_csv, ..., run:<name>
+    skipped: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+
+    @property
+    def html(self) -> Path | None:
+        return self.files.get("html")
+
+
+def default_out_dir(paths: list[str | Path]) -> Path:
+    """SWEEP_DIR/report for one sweep dir, RUN_DIR/report for one run dir, else ./report."""
+    if len(paths) == 1:
+        p = Path(paths[0])
+        if is_sweep_dir(p) or (p / rundir.METRICS).exists() or (p / rundir.SUMMARY).exists():
+            return p / "report"
+    return Path("report")
+
+
+def build_report(paths: list[str | Path], out_dir: str | Path | None = None, metric: str | None = None, *,
+                 per_run_figures: bool = True, html: bool = True) -> ReportResult:
+    """Report on run dirs / folders of run dirs / sweep dirs and write it to `out_dir`
+    (default: `default_out_dir(paths)`). `metric` overrides the sweep's (or the runs') metric.
+    Raises UserError for paths that hold no runs or a metric no run logged."""
+    paths = [Path(p) for p in paths]
+    loaded = load_runs(paths)
+    return report_loaded(loaded, out_dir if out_dir is not None else default_out_dir(paths), metric,
+                         sources=[str(p) for p in paths], per_run_figures=per_run_figures, html=html)
+
+
+def report_loaded(loaded: Loaded, out_dir: str | Path, metric: str | None = None, *, sources: list[str] = (),
+                  per_run_figures: bool = True, html: bool = True) -> ReportResult:
+    """The same for runs already loaded (e.g. `load.load_wandb(...)`)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    analysis = analyse(loaded.runs, metric, loaded.sweep_metric, loaded.sweep_goal)
+    result = ReportResult(out_dir=out, runs=loaded.runs, analysis=analysis, skipped=list(loaded.skipped),
+                          sources=list(sources) or [str(p) for p in loaded.sweep_dirs])
+    files = result.files
+
+    write_file(out / TABLE_CSV, table_csv(analysis))
+    files["table_csv"] = out / TABLE_CSV
+    write_file(out / TABLE_JSON, _json({"metric": analysis.metric.__dict__, "columns": analysis.columns,
+                                                 "rows": analysis.table}))
+    files["table_json"] = out / TABLE_JSON
+    if analysis.lr:
+        data = analysis.to_json()
+        write_file(out / LR_JSON, _json({k: data[k] for k in ("metric", "noise_rule", "noise")}
+                                                 | {"recommendations": data["lr_recommendation"]}))
+        files["lr_json"] = out / LR_JSON
+
+    figures = _figures(loaded.runs, analysis, out, per_run_figures)
+    files.update({f"figure:{k}": v for k, v in figures[0].items()})
+    files.update({f"run:{k}": v for k, v in figures[1].items()})
+    if html:
+        from blueberry.report.html import write_html
+
+        title = "blueberry report: " + ", ".join(Path(s).name or s for s in result.sources[:3]) \
+            + (" ..." if len(result.sources) > 3 else "")
+        files["html"] = write_html(out / HTML, analysis, figures[0], figures[1], title=title,
+                                   sources=result.sources, skipped=result.skipped)
+    summary = analysis.to_json()
+    summary.pop("table")
+    summary.pop("columns")
+    summary["skipped"] = result.skipped
+    summary["files"] = {k: str(v) for k, v in files.items()} | {"summary_json": str(out / SUMMARY_JSON)}
+    write_file(out / SUMMARY_JSON, _json(summary))
+    files["summary_json"] = out / SUMMARY_JSON
+    return result
+
+
+def _figures(runs: list[Run], analysis: Analysis, out: Path, per_run: bool) -> tuple[dict[str, Path], dict[str, Path]]:
+    from blueberry.report import plots
+
+    folder = out / "plots"
+    figures: dict[str, Path] = {"curves": plots.curves_figure(runs, analysis, folder / "curves.png"),
+                                "best_final": plots.best_final_figure(analysis, folder / "best_final.png")}
+    acc = plots.accuracy_figure(runs, analysis, folder / "accuracy.png")
+    if acc:
+        figures["accuracy"] = acc
+    lr = plots.lr_figure(analysis.lr, analysis.metric, folder / "lr.png")
+    if lr:
+        figures["lr"] = lr
+    run_figures: dict[str, Path] = {}
+    if per_run:
+        group_of = {name: g for g in analysis.groups for name in g.runs}
+        for run in sorted(runs, key=lambda r: [row["name"] for row in analysis.table].index(r.name)):
+            g = group_of.get(run.name)
+            run_figures[run.name] = plots.run_figure(run, analysis.stats[run.name], analysis.metric,
+                                                 folder / "runs" / f"{safe_name(run.name)}.png",
+                                                 subtitle=g.label if g and g.label != "all runs" else "")
+    return figures, run_figures
+
+
+def write_file(path: Path, text: str) -> None:
+    """Whole or not at all (a reader never sees half a file), with the umask's permissions:
+    a report is meant to be shared."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "run"
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(clean(obj), indent=2, default=str) + "\n"
+
+
+def table_csv(analysis: Analysis) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=analysis.columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in analysis.table:
+        writer.writerow({k: ("" if v is None else v) for k, v in clean(row).items()})
+    return buf.getvalue()
+
+
+# --- terminal ------------------------------------------------------------------------------------
+
+def print_report(result: ReportResult, console=None, max_rows: int = 40) -> None:
+    """The table, the noise-aware ranking, warnings, the LR recommendation and where the files are."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    a, spec = result.analysis, result.analysis.metric
+    console.print(f"[bold]report[/bold]: {len(result.runs)} runs, metric [cyan]{spec.name}[/cyan] "
+                  f"({'lower' if spec.mode == 'min' else 'higher'} is better, ranked by "
+                  f"{'best over the run' if spec.rank_by == 'best' else 'final value'}; source: {spec.source})")
+    unit_cols = [c for c in a.columns if c.endswith("_seen") or c.endswith("_per_s")]
+    cols = ["name", *a.fields, "best", "final", "best_step", "degradation_%", "steps", *unit_cols[:1], "epochs",
+            "wall_time_s", *unit_cols[1:], "params", "warnings"]
+    short = {"degradation_%": "after best", "wall_time_s": "wall s", "params": "params tot/act",
+             "best_step": "best @", "tokens_seen": "tokens", "samples_seen": "samples",
+             "tokens_per_s": "tok/s", "samples_per_s": "smp/s", "warnings": "warn"}
+    table = Table(title=f"runs ({spec.curve}; best first)", show_lines=False, pad_edge=False)
+    for c in cols:
+        text = c in ("name", *a.fields)
+        widest = max([len(_cell(c, r.get(c))) for r in a.table[:max_rows]] + [len(short.get(c, c))]) if text else None
+        table.add_column(short.get(c, c), justify="left" if text else "right", overflow="fold",
+                         no_wrap=not text, min_width=min(widest, 24) if text else None)
+    for row in a.table[:max_rows]:
+        row = {**row, "params": _params(row.get("params_total"), row.get("params_active"))}
+        table.add_row(*[_cell(c, row.get(c)) for c in cols])
+    # Squeezed to a narrow terminal (or 80 columns in a pipe) rich folds the names away to nothing;
+    # a line wider than the terminal is the lesser evil.
+    narrow = console.width
+    console.width = max(narrow, console.measure(table, options=console.options.update_width(1000)).maximum)
+    try:
+        console.print(table)
+    finally:
+        console.width = narrow
+    if len(a.table) > max_rows:
+        console.print(f"... {len(a.table) - max_rows} more rows in {result.files.get('table_csv')}")
+
+    if len([g for g in a.groups if g.mean is not None]) > 1 or a.has_seed_repeats:
+        rank = Table(title="ranking by config (seed repeats grouped)")
+        for c, j in (("#", "right"), ("config", "left"), ("seeds", "right"), ("mean", "right"), ("± std", "right"),
+                     ("Δ vs #1", "right"), ("vs #1", "left")):
+            rank.add_column(c, justify=j)
+        for g in a.groups[:max_rows]:
+            verdict = ("" if g.rank == 1 else "[yellow]within noise[/yellow]" if g.within_noise_of_leader
+                       else "apart" if g.within_noise_of_leader is False else "[dim]unknown[/dim]")
+            rank.add_row(fmt(g.rank) if g.rank else "-", g.label, str(g.n), _num(g.mean), _num(g.std),
+                         _num(g.delta_to_leader) if g.rank and g.rank > 1 else "", verdict)
+        console.print(rank)
+    console.print(f"[bold]noise[/bold]: {a.noise_note}")
+
+    shown = a.warnings[:max_rows]
+    if shown:
+        console.print(f"[bold]health[/bold]: {sum(w.severity == 'warning' for w in a.warnings)} warning(s)")
+        for w in shown:
+            style = "red" if w.severity == "warning" else "dim"
+            console.print(f"  [{style}]{w.run}[/{style}] {w.kind}: {w.message}", highlight=False)
+        if len(a.warnings) > len(shown):
+            console.print(f"  ... {len(a.warnings) - len(shown)} more in {result.files.get('html') or result.files.get('summary_json')}")
+    else:
+        console.print("[bold]health[/bold]: no warnings")
+    for rec in a.lr:
+        series = " ".join(f"{k}={fmt(v)}" for k, v in rec.series.items())
+        lo, hi = rec.range
+        console.print(f"[bold]{rec.param}[/bold]{' (' + series + ')' if series else ''}: best {fmt(rec.best_lr)}"
+                      + (f", within noise {fmt(lo)} to {fmt(hi)}" if lo < hi else "")
+                      + "".join(f"; {n}" for n in rec.notes), highlight=False)
+    for line in result.skipped:
+        console.print(f"[dim]skipped: {line}[/dim]", highlight=False)
+    console.print(written_line(result), highlight=False, soft_wrap=True)
+
+
+def written_line(result: ReportResult) -> str:
+    """One line saying where the report went: the HTML page, then the other files beside it."""
+    out = result.out_dir
+    names = [p.name for k, p in result.files.items() if k != "html" and ":" not in k]
+    figures = sum(k.startswith(("figure:", "run:")) for k in result.files)
+    html = result.files.get("html")
+    files = ", ".join(names) + (f", plots/ ({figures} figures)" if figures else "")
+    return f"report written to {html}; beside it: {files}" if html else f"report written to {out}: {files}"
+
+
+def _params(total: Any, active: Any) -> str | None:
+    if total is None:
+        return None
+    return _count(total) + (f"/{_count(active)}" if active not in (None, total) else "")
+
+
+def _count(x: float) -> str:
+    return f"{x / 1e6:.3g}M" if x >= 1e6 else f"{x / 1e3:.3g}k" if x >= 1e3 else f"{x:g}"
+
+
+def _num(x: Any) -> str:
+    return "" if x is None else f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+def _cell(column: str, x: Any) -> str:
+    if x is None:
+        return ""
+    if column == "degradation_%" and isinstance(x, float):
+        return f"{x:+.1f}%"
+    if column in ("wall_time_s", "tokens_per_s", "samples_per_s") and isinstance(x, float):
+        return f"{x:,.0f}"
+    if column in ("tokens_seen", "samples_seen") and isinstance(x, (int, float)):
+        return _count(x)
+    if column == "epochs" and isinstance(x, float):
+        return f"{x:.3g}"
+    if column == "warnings":
+        return f"[red]{x}[/red]" if x else ""
+    return fmt(x)

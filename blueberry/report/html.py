@@ -1,0 +1,119 @@
+"""One self-contained HTML file (figures embedded as base64 PNG, inline CSS, no scripts) to share a
+report without W&B: it opens offline, in a mail attachment, or on a cluster's file browser."""
+
+from __future__ import annotations
+
+import base64
+import html
+import time
+from pathlib import Path
+from typing import Any
+
+from blueberry.report.analyse import Analysis, fmt
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0}th,td{border:1px solid #ddd;padding:3px 7px;text-align:right}
+th{background:#f4f4f4}td.l,th.l{text-align:left}tr.tie td{background:#fff8e1}
+.warning{color:#b00020}.note{color:#666}.muted{color:#666;font-size:.9em}
+img{max-width:100%;height:auto;border:1px solid #eee;margin:.5em 0}details{margin:.4em 0}code{background:#f4f4f4;padding:0 3px}
+"""
+
+
+def esc(x: Any) -> str:
+    return html.escape("" if x is None else str(x))
+
+
+def cell(x: Any) -> str:
+    if x is None:
+        return ""
+    if isinstance(x, float):
+        return esc(f"{x:.4g}")
+    return esc(fmt(x))
+
+
+def image(path: Path, alt: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{data}">'
+
+
+def table(columns: list[str], rows: list[dict[str, Any]], left: tuple[str, ...] = (), row_class=None) -> str:
+    head = "".join(f'<th class="{"l" if c in left else ""}">{esc(c)}</th>' for c in columns)
+    body = []
+    for r in rows:
+        cls = row_class(r) if row_class else ""
+        tds = "".join(f'<td class="{"l" if c in left else ""}">{cell(r.get(c))}</td>' for c in columns)
+        body.append(f'<tr class="{cls}">{tds}</tr>')
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def write_html(path: Path, analysis: Analysis, figures: dict[str, Path], run_figures: dict[str, Path], *,
+               title: str, sources: list[str], skipped: list[str] = ()) -> Path:
+    """Write the report page; `figures` are comparison PNGs (shown in order), `run_figures` per run name."""
+    a, spec = analysis, analysis.metric
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>",
+             f"<style>{CSS}</style></head><body>",
+             f"<h1>{esc(title)}</h1>",
+             f"<p class='muted'>{len(a.stats)} runs from {esc(', '.join(sources))}; built "
+             f"{esc(time.strftime('%Y-%m-%d %H:%M'))}. Metric <code>{esc(spec.name)}</code> ({esc(spec.source)}): "
+             f"{'lower' if spec.mode == 'min' else 'higher'} is better; curves show <code>{esc(spec.curve)}</code>; "
+             f"ranked by its {'best value over the run' if spec.rank_by == 'best' else 'final value'}.</p>"]
+
+    parts.append("<h2>Ranking</h2>")
+    parts.append(f"<p><b>Noise:</b> {esc(a.noise_note)}</p>")
+    ranking = [{"rank": g.rank, "config": g.label, "seeds": g.n,
+                "mean": g.mean, "std": g.std, "Δ vs leader": g.delta_to_leader,
+                "vs leader": ("leader" if g.rank == 1 else "within noise" if g.within_noise_of_leader
+                              else "apart" if g.within_noise_of_leader is False else "unknown (no repeats)"),
+                "runs": ", ".join(g.runs)} for g in a.groups]
+    parts.append(table(["rank", "config", "seeds", "mean", "std", "Δ vs leader", "vs leader", "runs"], ranking,
+                       left=("config", "vs leader", "runs"),
+                       row_class=lambda r: "tie" if r["vs leader"] == "within noise" else ""))
+    if a.pairs:
+        pairs = [{"a": p.a, "b": p.b, "Δ": p.delta, "noise threshold": p.threshold,
+                  "verdict": "within noise" if p.within_noise else "apart" if p.within_noise is False else "unknown"}
+                 for p in a.pairs]
+        parts.append("<details><summary>pairs compared</summary>"
+                     + table(["a", "b", "Δ", "noise threshold", "verdict"], pairs, left=("a", "b", "verdict")) + "</details>")
+
+    parts.append(f"<h2>Health warnings ({sum(w.severity == 'warning' for w in a.warnings)})</h2>")
+    if a.warnings:
+        parts.append("<table><thead><tr><th class='l'>run</th><th class='l'>kind</th><th>step</th>"
+                     "<th class='l'>what</th></tr></thead><tbody>")
+        for w in a.warnings:
+            parts.append(f"<tr class='{esc(w.severity)}'><td class='l'>{esc(w.run)}</td><td class='l'>{esc(w.kind)}</td>"
+                         f"<td>{cell(w.step)}</td><td class='l'>{esc(w.message)}</td></tr>")
+        parts.append("</tbody></table>")
+    else:
+        parts.append("<p>none</p>")
+
+    if a.lr:
+        parts.append("<h2>Learning rate</h2><ul>")
+        for rec in a.lr:
+            series = " ".join(f"{k}={fmt(v)}" for k, v in rec.series.items())
+            parts.append(f"<li><b>{esc(rec.param)}</b>{' (' + esc(series) + ')' if series else ''}: best "
+                         f"<b>{cell(rec.best_lr)}</b> ({cell(rec.best_mean)}); within noise: "
+                         f"{esc(', '.join(fmt(x) for x in rec.within_noise))}"
+                         + "".join(f"<br><span class='note'>{esc(n)}</span>" for n in rec.notes) + "</li>")
+        parts.append("</ul>")
+
+    if figures:
+        parts.append("<h2>Comparison</h2>")
+        parts += [image(p, name) for name, p in figures.items()]
+
+    parts.append("<h2>Runs</h2>")
+    columns = [c for c in a.columns if c not in ("path", "metric")]
+    parts.append(table(columns, a.table, left=("name", "status", "group")))
+
+    if run_figures:
+        parts.append("<h2>Per run</h2>")
+        for name, p in run_figures.items():
+            parts.append(f"<details><summary>{esc(name)}</summary>{image(p, name)}</details>")
+    if skipped:
+        parts.append("<h2>Skipped</h2><ul>" + "".join(f"<li>{esc(s)}</li>" for s in skipped) + "</ul>")
+    parts.append("</body></html>")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path

@@ -1,0 +1,174 @@
+"""A W&B Report of a project or sweep, built with wandb-workspaces: the val metric's curves,
+parallel coordinates over the swept parameters, parameter importance and a run comparer.
+
+Online it is saved and its URL returned. Offline (no key, WANDB_MODE=offline, server unreachable)
+the same report is serialised to a JSON file instead — the W&B view spec the report model produces,
+wrapped with the project it is meant for — so the report can be checked, and built later online.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from blueberry.errors import UserError
+
+# What an LR/optimizer study varies; used when the swept parameters cannot be asked from W&B.
+DEFAULT_PARAMS = ("lr", "muon_lr", "optimizer", "seed")
+SPEC_FORMAT = "blueberry-wandb-report/1"
+
+
+@dataclass
+class WandbReportResult:
+    url: str | None                   # the saved report (online)
+    spec_path: Path | None            # the JSON spec written instead (offline)
+    offline_reason: str | None        # why it was not saved
+    metric: str                       # summary key of parallel coordinates and importance
+    curve: str                        # history key of the line plots
+    params: list[str]
+    notes: list[str] = field(default_factory=list)
+    report: Any = None                # the wandb_workspaces.reports.v2.Report
+
+    @property
+    def message(self) -> str:
+        if self.url:
+            return f"W&B report saved: {self.url}"
+        return f"W&B report not saved ({self.offline_reason}); its spec is in {self.spec_path}"
+
+
+def build_wandb_report(project: str, entity: str | None = None, sweep: str | None = None,
+                       metric: str = "val/loss_best", params: list[str] | None = None,
+                       out: str | Path | None = None, offline: bool | None = None, *,
+                       group: str | None = None, title: str | None = None) -> WandbReportResult:
+    """Build the report of `entity/project` (only `sweep`'s runs, or only run group `group` — the
+    group of `blueberry sweep local` trials is the sweep name).
+
+    metric: a summary key; `X_best` (the trainer's best-so-far) puts X's curves on the line plots.
+    params: config keys for parallel coordinates; None = the sweep's parameters (online), else the
+    config keys that differ between the project's runs (online), else DEFAULT_PARAMS (offline).
+    offline: None = decide by `require_wandb_server`; True = never touch the network; False = raise
+    its UserError when W&B is out of reach.
+    out: where the offline spec goes (default ./wandb-report-<project>[-<sweep>].json).
+    """
+    from blueberry.network import require_wandb_server
+
+    if not project or "/" in project:
+        raise UserError(f"project={project!r}: give the W&B project name (and the entity separately)")
+    reason = None
+    if offline:
+        reason = "offline requested"
+    else:
+        try:
+            require_wandb_server("wandb-report", "the report spec is written to a file instead")
+        except UserError as e:
+            if offline is False:
+                raise
+            reason = str(e)
+    online = reason is None
+    curve = metric[: -len("_best")] if metric.endswith("_best") else metric
+    notes: list[str] = []
+    api = None
+    if online:
+        import wandb
+
+        api = wandb.Api(timeout=30)
+        entity = entity or api.default_entity
+    if params is None:
+        params = _swept_params(api, entity, project, sweep, group, notes) if online else None
+        if not params:
+            params = list(DEFAULT_PARAMS)
+            notes.append(f"parameters not known offline: parallel coordinates use {', '.join(params)}")
+    report = make_report(project, entity, sweep=sweep, group=group, metric=metric, curve=curve, params=params,
+                         title=title, online=online)
+    result = WandbReportResult(url=None, spec_path=None, offline_reason=reason, metric=metric, curve=curve,
+                               params=list(params), notes=notes, report=report)
+    if online:
+        try:
+            report.save()
+            result.url = report.url
+        except Exception as e:  # a server-side refusal; the spec is still worth keeping
+            result.offline_reason = f"saving failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    if result.url is None:
+        default = f"wandb-report-{project}" + (f"-{sweep}" if sweep else f"-{group}" if group else "") + ".json"
+        path = Path(out) if out else Path(default)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        spec = {"format": SPEC_FORMAT, "entity": entity, "project": project, "sweep": sweep, "group": group,
+                "metric": metric, "curve": curve, "params": list(params), "offline_reason": result.offline_reason,
+                "notes": notes, "report": report_spec(report)}
+        path.write_text(json.dumps(spec, indent=2, default=str) + "\n")
+        result.spec_path = path
+    return result
+
+
+def runset_filter(sweep: str | None, group: str | None) -> str:
+    """A Runset filter expression; quotes are dropped from ids, which never hold them."""
+    parts = []
+    if sweep:
+        parts.append(f"Metric('Sweep') = '{sweep.replace(chr(39), '')}'")
+    if group:
+        parts.append(f"Metric('Group') = '{group.replace(chr(39), '')}'")
+    return " and ".join(parts)
+
+
+def make_report(project: str, entity: str | None, *, sweep: str | None, group: str | None, metric: str,
+                curve: str, params: list[str], title: str | None = None, online: bool = False):
+    """The wandb-workspaces Report object. Offline its run sets name no project: naming one makes
+    the model look the project up on the server when it is serialised."""
+    import wandb_workspaces.reports.v2 as wr
+
+    scope = f"sweep {sweep}" if sweep else f"group {group}" if group else f"project {project}"
+    runset = wr.Runset(entity=(entity or "") if online else "", project=project if online else "",
+                       name=scope, filters=runset_filter(sweep, group))
+    direction = "lower" if curve.endswith(("loss", "perplexity")) else "higher"
+    curves = wr.PanelGrid(runsets=[runset], panels=[
+        wr.LinePlot(title=f"{curve} vs step", x="Step", y=[curve]),
+        wr.LinePlot(title=f"{curve} vs wall time", x="RelativeTime(Wall)", y=[curve]),
+        wr.LinePlot(title="learning rate", x="Step", y=["lr"], log_y=True),
+    ])
+    columns = [wr.ParallelCoordinatesPlotColumn(metric=wr.Config(p)) for p in params]
+    columns.append(wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(metric)))
+    study = wr.PanelGrid(runsets=[runset], panels=[
+        wr.ParallelCoordinatesPlot(title=f"{', '.join(params)} → {metric}", columns=columns),
+        wr.ParameterImportancePlot(with_respect_to=metric),
+        wr.RunComparer(diff_only="split"),
+    ])
+    return wr.Report(
+        project=project, entity=entity or "",
+        title=title or f"blueberry: {scope}"[:128],
+        description=f"{metric} ({direction} is better) over {', '.join(params)}",
+        blocks=[
+            wr.P(f"Curves of {curve}; parallel coordinates, importance and the comparer use the run summary "
+                 f"{metric}. A gap between two runs means little unless it is larger than the spread across seeds."),
+            wr.H2("Validation curves"), curves,
+            wr.H2("Hyperparameters"), study,
+        ])
+
+
+def report_spec(report) -> dict[str, Any]:
+    """The W&B view spec (what `Report.save` uploads) as plain JSON."""
+    return report._to_model().model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def _swept_params(api, entity: str, project: str, sweep: str | None, group: str | None, notes: list[str]) -> list[str]:
+    """The sweep's parameters with more than one value, else config keys that differ between runs."""
+    if sweep:
+        try:
+            cfg = api.sweep(f"{entity}/{project}/{sweep}").config or {}
+            found = [k for k, spec in (cfg.get("parameters") or {}).items()
+                     if isinstance(spec, dict) and "value" not in spec and len(spec.get("values", (0, 0))) > 1]
+            if found:
+                return found
+        except Exception as e:  # fall through to the runs' configs
+            notes.append(f"sweep {sweep}: config not readable ({type(e).__name__})")
+    from blueberry.report.analyse import differing_fields
+    from blueberry.report.load import Run
+
+    filters = {k: v for k, v in (("sweep", sweep), ("group", group)) if v}
+    runs = []
+    for i, r in enumerate(api.runs(f"{entity}/{project}", filters=filters or None, per_page=200)):
+        if i >= 200:
+            break
+        runs.append(Run(name=r.name, path=None, config=dict(r.config), summary={}, rows=[]))
+    return differing_fields(runs)
