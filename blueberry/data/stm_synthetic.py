@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 
 # Part of the scanline cache key: bump it whenever the generator's output changes.
-VERSION = 1
+VERSION = 2
 
 CLASS_NAMES = ("atoms", "asymmetries", "rows", "defects")
 DEFAULT_SHARES = (0.088, 0.439, 0.169, 0.304)
@@ -41,7 +41,7 @@ H_OFFSET_NM = 0.16     # each H atom sits this far from the row centre (atoms cl
 
 # log-uniform scan-size range per class (nm): operators zoom in when the tip resolves atoms, so
 # the ranges differ, but they overlap so that the row period in pixels is no label by itself.
-SCAN_RANGE_NM = ((3.0, 15.0), (3.0, 30.0), (4.0, 80.0), (3.0, 80.0))
+SCAN_RANGE_NM = ((3.0, 12.0), (3.0, 20.0), (4.0, 60.0), (3.0, 80.0))
 # tip blur per class (nm, uniform range); the defect class adds heavy blur on some images
 TIP_SIGMA_NM = ((0.02, 0.05), (0.04, 0.08), (0.05, 0.12), (0.06, 0.12))
 
@@ -104,10 +104,20 @@ def _draw_image_params(rng: np.random.Generator, n: int, size: int, shares: np.n
     seg_class = np.stack([np.where(early, other, label), np.where(early, label, other)], 1)
     line_class = np.where(np.arange(size)[None, :] < change_line[:, None], seg_class[:, :1], seg_class[:, 1:])
 
-    # defect-class features: blur, smear, blobs, ghost, streaks; every defect image has one
-    # besides blur (a blurred tip alone would look like the rows class)
+    # defect-class features: blur, smear, blobs, ghost, streaks; every defect image has smear,
+    # blobs or streaks (a blurred or double tip alone can pass for another class on large scans)
     feats = rng.random((n, 5)) < 0.45
-    feats[np.arange(n), rng.integers(1, 5, n)] |= ~feats[:, 1:].any(1)
+    feats[np.arange(n), rng.choice([1, 2, 4], n)] |= ~feats[:, [1, 2, 4]].any(1)
+    # an unstable tip misbehaves in runs of lines (a two-state Markov chain): smear and streaks
+    # hit those lines only, so one clean-looking line of a defect image says little
+    bad_frac, leave = rng.uniform(0.4, 0.85, n), 1 / rng.uniform(2, 6, n)
+    enter = leave * bad_frac / (1 - bad_frac)
+    draws = rng.random((n, size))
+    bad_line = np.empty((n, size), dtype=bool)
+    state = draws[:, 0] < bad_frac
+    for i in range(size):
+        state = np.where(state, draws[:, i] >= leave, draws[:, i] < enter)
+        bad_line[:, i] = state
     lo_t, hi_t = np.array(TIP_SIGMA_NM)[seg_class].transpose(2, 0, 1)
     tip_nm = rng.uniform(lo_t, hi_t)
     tip_nm = np.where((seg_class == 3) & feats[:, :1], rng.uniform(0.15, 0.45, (n, 2)), tip_nm)
@@ -137,13 +147,13 @@ def _draw_image_params(rng: np.random.Generator, n: int, size: int, shares: np.n
         step_wave=rng.uniform(0.2, 1.0, (n, 3)), step_wphase=rng.uniform(0, 2 * np.pi, (n, 3)),
         db_density=rng.uniform(0, 0.012, n), vac_density=rng.uniform(0, 0.008, n),
         blob_count=np.where(feats[:, 2], 2 + rng.poisson(5, n), 0), blob_px=rng.uniform(1.5, 6.0, n),
-        smear_px=rng.uniform(3.0, 12.0, n), lag_px=rng.uniform(0.2, 1.0, n) * eta,
-        streak_p=rng.uniform(0.08, 0.3, n),
+        smear_px=rng.uniform(3.0, 12.0, n), lag_px=rng.uniform(0.1, 0.6, n) * eta,
+        streak_p=rng.uniform(0.3, 0.8, n), bad_line=bad_line,
         ghost_gain=ghost_gain, ghost_shift=ghost_shift,
         white=rng.uniform(0.02, 0.12, (n, 2)) * eta, pink=rng.uniform(0.03, 0.15, n) * eta,
         pink_alpha=rng.uniform(0.8, 1.3, n),
-        tilt=rng.normal(0, 0.01, (n, 2)) * eta, skew=rng.normal(0, 0.03, n) * eta,
-        creep=rng.uniform(0, 4, n) * eta, creep_lines=rng.uniform(5, 30, n),
+        tilt=rng.normal(0, 0.0015, (n, 2)) * eta, skew=rng.normal(0, 0.015, n) * eta,
+        creep=rng.uniform(0, 2, n) * eta, creep_lines=rng.uniform(5, 30, n),
     )
 
 
@@ -227,7 +237,7 @@ def _render(rng: np.random.Generator, p: dict, size: int, eta: float) -> np.ndar
     line_tip = np.take_along_axis(p["tip_nm"], seg, 1)
     line_amp = np.take_along_axis(p["seg_amp"], seg, 1)
     render_cls = np.where(p["line_class"] == 3, p["base_pattern"][:, None], p["line_class"])
-    blur = np.sqrt(line_tip ** 2 + (0.45 * px_nm[:, None]) ** 2)[:, :, None]
+    blur = np.sqrt(line_tip ** 2 + (0.3 * px_nm[:, None]) ** 2)[:, :, None]
     z = np.zeros((n, size, size), dtype=f32)
     for cls in range(3):
         idx = np.flatnonzero((render_cls == cls).any(1))
@@ -260,7 +270,7 @@ def _render(rng: np.random.Generator, p: dict, size: int, eta: float) -> np.ndar
         z[idx] += gain[idx, None, None].astype(f32) * ghost
 
     # feedback lag along the fast scan (first-order low-pass); a defect tip smears much more
-    lag = np.where(defect_lines[:, :, 0] & p["feats"][:, 1:2], p["smear_px"][:, None], p["lag_px"][:, None])
+    lag = np.where(defect_lines[:, :, 0] & p["bad_line"] & p["feats"][:, 1:2], p["smear_px"][:, None], p["lag_px"][:, None])
     keep = np.exp(-1.0 / np.maximum(lag, 1e-3)).astype(f32)
     zt = np.ascontiguousarray(z.transpose(2, 0, 1))
     for j in range(1, size):
@@ -273,7 +283,7 @@ def _render(rng: np.random.Generator, p: dict, size: int, eta: float) -> np.ndar
     z += (_pink(rng, n, size * size, p["pink_alpha"]).reshape(n, size, size)
           * (p["pink"][:, None, None] * amp)).astype(f32)
     # streaky lines of a defect tip: noise bursts over part of a line
-    streak = defect_lines[:, :, 0] & p["feats"][:, 4:5] & (rng.random((n, size)) < p["streak_p"][:, None])
+    streak = defect_lines[:, :, 0] & p["bad_line"] & p["feats"][:, 4:5] & (rng.random((n, size)) < p["streak_p"][:, None])
     li, lj = np.nonzero(streak)
     if len(li):
         start, length = rng.integers(0, size, len(li)), rng.integers(size // 8, size, len(li))

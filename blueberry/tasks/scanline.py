@@ -16,7 +16,7 @@ from torchmetrics.functional.classification import (multiclass_accuracy, multicl
 
 from blueberry.config import ScanlineConfig
 from blueberry.data.packing import ShardedBatchSampler, eval_batches
-from blueberry.data.scanline import ScanlineWindows, class_weights, load_source, split_by_image
+from blueberry.data.scanline import ScanlineWindows, augmentation, class_weights, load_source, split_by_image
 from blueberry.errors import UserError
 from blueberry.models.scanline import build_scanline_model
 from blueberry.tasks.base import TaskData
@@ -31,7 +31,7 @@ class ScanlineTask:
         with accelerator.main_process_first():
             source = load_source(cfg)
         images = split_by_image(source, cfg.val_fraction, cfg.test_fraction, cfg.data_seed)
-        aug = {"flip": cfg.aug_flip, "noise": cfg.aug_noise, "line_dropout": cfg.aug_line_dropout}
+        aug = augmentation(cfg)
 
         def windows(split: str, train: bool) -> ScanlineWindows:
             return ScanlineWindows(source, images[split], cfg.lines_per_sample, cfg.line_stride,
@@ -50,8 +50,8 @@ class ScanlineTask:
         def train_batches(start: int):
             sampler = ShardedBatchSampler(len(train), cfg.batch_size, rank, world, cfg.seed, start=start)
             # Own generator: creating the loader must not draw from the global RNG (exact resume).
-            loader = DataLoader(train, batch_sampler=sampler, generator=torch.Generator(),
-                                pin_memory=device.type == "cuda")
+            loader = DataLoader(train, batch_sampler=sampler, collate_fn=ScanlineWindows.collate,
+                                generator=torch.Generator(), pin_memory=device.type == "cuda")
             for x, y in loader:
                 yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
@@ -80,16 +80,19 @@ class ScanlineTask:
 
     @torch.no_grad()
     def evaluate(self, model, data: TaskData, cfg: ScanlineConfig, accelerator, split: str = "val"):
-        """Metrics of `split`; for in-training evaluations (split val) also train windows and the gap."""
+        """Metrics of `split`; for in-training evaluations (split val) also the un-augmented train
+        windows (train_eval/...) and the gap train_eval - val (gap/...)."""
         metrics, figures = self._evaluate_split(model, data, cfg, accelerator, split)
         if split == "val" and "train" in data.payload["eval"]:
-            train_metrics, _ = self._evaluate_split(model, data, cfg, accelerator, "train", figure=False)
+            # prefix train_eval: train/loss is already the running (augmented) training loss
+            train_metrics, _ = self._evaluate_split(model, data, cfg, accelerator, "train", figure=False,
+                                                    prefix="train_eval")
             metrics.update(train_metrics)
             for name in ("loss", "accuracy", "balanced_accuracy"):
-                metrics[f"gap/{name}"] = train_metrics[f"train/{name}"] - metrics[f"val/{name}"]
+                metrics[f"gap/{name}"] = train_metrics[f"train_eval/{name}"] - metrics[f"val/{name}"]
         return metrics, figures
 
-    def _evaluate_split(self, model, data, cfg, accelerator, split, figure=True):
+    def _evaluate_split(self, model, data, cfg, accelerator, split, figure=True, prefix=None):
         dataset = data.payload["eval"].get(split)
         if dataset is None:
             raise UserError(f"split={split}: this run has no {split} images (test_fraction={cfg.test_fraction})")
@@ -100,17 +103,17 @@ class ScanlineTask:
                                     accelerator.process_index, accelerator.num_processes):
             if not indices:
                 continue
-            x, y = zip(*(dataset[i] for i in indices))
-            logits = model(torch.stack(x).to(accelerator.device)).float()
+            x, y = dataset.batch(indices)
+            logits = model(x.to(accelerator.device)).float()
             probs.append(logits.softmax(-1).cpu())
-            targets.append(torch.stack(y))
+            targets.append(y)
         model.train(was_training)
         local = (torch.cat(probs), torch.cat(targets)) if probs else None
         parts = gather_object([local]) if accelerator.num_processes > 1 else [local]
         probs = torch.cat([p for p, _ in filter(None, parts)])
         targets = torch.cat([t for _, t in filter(None, parts)])
         metrics = classification_metrics(probs, targets, data.payload["n_classes"], data.payload["weights"],
-                                         data.payload["class_names"], prefix=split)
+                                         data.payload["class_names"], prefix=prefix or split)
         figures = {}
         if figure and accelerator.is_main_process:
             figures[f"{split}/confusion_matrix"] = confusion_figure(probs, targets, data.payload["class_names"])
