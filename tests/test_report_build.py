@@ -279,3 +279,16 @@ def test_the_sweep_report_is_left_to_the_runner_that_ends_last(tmp_path, capsys)
     report_sweep(state)
     assert "1 trial(s) still running in another runner" in capsys.readouterr().err
     assert not (tmp_path / "sw" / "report").exists()
+
+
+def test_sweeps_with_different_metrics_need_metric_to_be_reported_together(real_sweep, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(real_sweep, other, ignore=shutil.ignore_patterns("report"))
+    (other / "sweep.yaml").write_text((other / "sweep.yaml").read_text().replace("val/loss_best", "val/loss"))
+    with pytest.raises(UserError, match="optimise different metrics"):
+        build_report([real_sweep, other], tmp_path / "a")
+    result = build_report([real_sweep, other], tmp_path / "b", metric="val/loss")
+    assert result.analysis.metric.name == "val/loss" and len(result.runs) == 4
+    assert {r.name.split("/")[0] for r in result.runs} == {real_sweep.name, "other"}

@@ -52,7 +52,7 @@ def build_report(paths: list[str | Path], out_dir: str | Path | None = None, met
     (default: `default_out_dir(paths)`). `metric` overrides the sweep's (or the runs') metric.
     Raises UserError for paths that hold no runs or a metric no run logged."""
     paths = [Path(p) for p in paths]
-    loaded = load_runs(paths)
+    loaded = load_runs(paths, metric)
     return report_loaded(loaded, out_dir if out_dir is not None else default_out_dir(paths), metric,
                          sources=[str(p) for p in paths], per_run_figures=per_run_figures, html=html)
 

@@ -120,10 +120,11 @@ def read_sweep(path: Path) -> tuple[list[Run], dict[str, Any], list[str]]:
     return runs, config, skipped
 
 
-def load_runs(paths: list[str | Path]) -> Loaded:
+def load_runs(paths: list[str | Path], metric: str | None = None) -> Loaded:
     """Run dirs, folders holding run dirs (and/or sweep dirs, one level down), and sweep dirs.
 
-    UserError when a path does not exist or holds none of these. Run names are made unique: trial
+    UserError when a path does not exist or holds none of these, or when sweeps optimising different
+    metrics are mixed without `metric` saying which one to rank by. Run names are made unique: trial
     ids when one sweep is read, `<sweep>/<trial>` across sweeps, run dir names otherwise.
     """
     if not paths:
@@ -171,7 +172,7 @@ def load_runs(paths: list[str | Path]) -> Loaded:
             if run.sweep:
                 run.name = f"{Path(run.sweep).name}/{run.name}"
     metrics = {(c.get("metric") or {}).get("name") for _, c in sweep_configs} - {None}
-    if len(metrics) > 1:
+    if len(metrics) > 1 and metric is None:
         raise UserError(f"{', '.join(str(p) for p, _ in sweep_configs)}: these sweeps optimise different metrics "
                         f"({', '.join(sorted(metrics))}); report on them separately or pass --metric")
     if sweep_configs:
