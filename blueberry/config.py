@@ -70,8 +70,9 @@ class RunConfig:
     plateau_factor: float = option(0.5, "plateau: multiply the LR by this when best_metric stalls.", min=0, max=1, min_exclusive=True)
     plateau_patience: int = option(3, "plateau: evaluations without improvement before the LR drops.", min=0)
 
-    # precision
+    # precision and speed
     mixed_precision: str = option("no", "Autocast precision (fp16 needs a GPU).", choices=("no", "bf16", "fp16"))
+    compile: bool = option(False, "torch.compile the model in place (checkpoints stay interchangeable with uncompiled runs); the first steps pay the compile time.")
 
     # evaluation, logging, checkpoints
     eval_every: int = option(50, "Evaluate every this many optimizer steps (and at step 0 and the end); 0 = once per epoch.", min=0)

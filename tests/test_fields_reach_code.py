@@ -256,6 +256,7 @@ PROVEN_END_TO_END = {
     "wandb_group": "test_fields_reach_code.py::test_wandb_group_and_entity_reach_the_wandb_run",
     "wandb_entity": "test_fields_reach_code.py::test_wandb_group_and_entity_reach_the_wandb_run",
     "wandb_mode": "test_train_lm.py::test_wandb_disabled_still_writes_the_run_dir",
+    "compile": "test_compile.py::test_compile_true_compiles_the_model_and_trains_like_eager",
 }
 PROBED_HERE = {*MODEL_CHANGES, "dropout", "lb_weight", "z_loss_weight", "bias_update_rate", *OPTIM_CHANGES,
                *SCHEDULE_CHANGES, *DATA_KEY_CHANGES, "cache_dir", "seq_len", "leak_ngram", "leak_warn",

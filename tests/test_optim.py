@@ -110,6 +110,27 @@ def test_hybrid_muon_adamw_groups_match_torch_adamw():
             assert torch.equal(opt.state[a][key], ref_opt.state[b][key])
 
 
+def test_hybrid_muon_fused_adamw_matches_torch_fused_adamw():
+    """The GPU path (fused=None picks it for CUDA parameters), forced here on the CPU, where torch has the
+    fused kernel too; also after a state_dict round-trip, which leaves `step` on the CPU."""
+    gen = torch.Generator().manual_seed(5)
+    init = [torch.randn(6, 5, generator=gen), torch.randn(5, generator=gen)]
+    grads = [[torch.randn_like(w) for w in init] for _ in FACTORS]
+    ours = [nn.Parameter(w.clone()) for w in init]
+    ref = [nn.Parameter(w.clone()) for w in init]
+    hp = {"lr": 3e-3, "betas": (0.9, 0.95), "eps": 1e-6, "weight_decay": 0.1}
+    opt = HybridMuon([{"params": ours, "use_muon": False, "fused": True, **hp}])
+    ref_opt = torch.optim.AdamW(ref, fused=True, **hp)
+    _run(opt, ours, grads[:2])
+    _run(ref_opt, ref, grads[:2])
+    opt.load_state_dict(opt.state_dict())
+    _run(opt, ours, grads[2:])
+    _run(ref_opt, ref, grads[2:])
+    for a, b in zip(ours, ref):
+        assert torch.equal(a, b)
+        assert opt.state[a]["step"].dtype == torch.float32 and opt.state[a]["step"].item() == len(FACTORS)
+
+
 def test_muon_group_rejects_vectors():
     with pytest.raises(ValueError, match="Muon"):
         HybridMuon([{"params": [nn.Parameter(torch.ones(4))], "use_muon": True}])

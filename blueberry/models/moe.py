@@ -103,17 +103,29 @@ def _grouped_mm_applies(x: torch.Tensor, *weights: torch.Tensor) -> bool:
 
 
 def _grouped_swiglu(xs, offsets, w_gate, w_up, w_down):
+    if xs.dtype != torch.bfloat16 and torch.compiler.is_compiling():
+        return _grouped_swiglu_outside_graph(xs, offsets, w_gate, w_up, w_down)
+    return _grouped_swiglu_math(xs, offsets, w_gate, w_up, w_down)
+
+
+def _grouped_swiglu_math(xs, offsets, w_gate, w_up, w_down):
     def mm(a, w):
         return torch._grouped_mm(a, w.transpose(-2, -1), offs=offsets)
     return mm(F.silu(mm(xs, w_gate)) * mm(xs, w_up), w_down)
 
 
+# torch.compile traces torch._grouped_mm in bf16 only (its meta kernel refuses other dtypes, torch
+# 2.9-2.13), so in fp32 the grouped GEMMs run eagerly between two compiled graphs.
+_grouped_swiglu_outside_graph = torch.compiler.disable(_grouped_swiglu_math)
+
+
 def _looped_swiglu(xs, offsets, w_gate, w_up, w_down):
     bounds = [0] + offsets.tolist()  # the layer's one host sync
     out = []
-    for e, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+    # unbind, not w[e]: the backward of E unbinds is one stack, of E indexings E full-size zero grads.
+    for lo, hi, wg, wu, wd in zip(bounds[:-1], bounds[1:], w_gate.unbind(0), w_up.unbind(0), w_down.unbind(0)):
         xe = xs[lo:hi]
-        out.append((F.silu(xe @ w_gate[e].T) * (xe @ w_up[e].T)) @ w_down[e].T)
+        out.append(F.linear(F.silu(F.linear(xe, wg)) * F.linear(xe, wu), wd))
     return torch.cat(out)
 
 
@@ -142,6 +154,8 @@ def dispatch(x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor,
 class Experts(nn.Module):
     """E SwiGLU experts as stacked [E, out, in] matrices (nn.Linear layout per expert)."""
 
+    grouped: bool | None = None   # dispatch's path: None = grouped GEMM where it applies (set to compare)
+
     def __init__(self, n_experts: int, d_model: int, d_ff: int):
         super().__init__()
         self.w_gate = nn.Parameter(torch.empty(n_experts, d_ff, d_model).normal_(0.0, 0.02))
@@ -154,7 +168,7 @@ class Experts(nn.Module):
             # Autocast does not cover _grouped_mm; cast as it would cast an nn.Linear.
             dtype = torch.get_autocast_dtype(x.device.type)
             x, weights = x.to(dtype), tuple(w.to(dtype) for w in weights)
-        return dispatch(x, topk_idx, topk_w, *weights)
+        return dispatch(x, topk_idx, topk_w, *weights, grouped=self.grouped)
 
 
 class MoE(nn.Module):

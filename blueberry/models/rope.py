@@ -16,13 +16,20 @@ class Rotary(nn.Module):
         self.register_buffer("sin", torch.empty(0, dim // 2), persistent=False)
 
     def forward(self, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.compiler.is_compiling():
+            # Inside a compiled graph the table costs nothing, while growing the cache would change a
+            # buffer's shape and so recompile the graph.
+            return self._table(T)
         if self.cos.shape[0] < T:
-            # Recomputed in fp32 each time the cache grows, never from a (possibly bf16-cast) buffer.
-            device = self.cos.device
-            inv_freq = self.theta ** (-torch.arange(0, self.dim, 2, device=device, dtype=torch.float32) / self.dim)
-            angles = torch.outer(torch.arange(T, device=device, dtype=torch.float32), inv_freq)
-            self.cos, self.sin = angles.cos(), angles.sin()
+            self.cos, self.sin = self._table(T)
         return self.cos[:T], self.sin[:T]
+
+    def _table(self, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # In fp32 each time, never from a (possibly bf16-cast) buffer.
+        device = self.cos.device
+        inv_freq = self.theta ** (-torch.arange(0, self.dim, 2, device=device, dtype=torch.float32) / self.dim)
+        angles = torch.outer(torch.arange(T, device=device, dtype=torch.float32), inv_freq)
+        return angles.cos(), angles.sin()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,10 @@ MUON_DEFAULTS: dict[str, Any] = {"lr": 0.02, "momentum": 0.95, "nesterov": True,
 # units emulate it ~30x slower than fp32 (measured here: a moe-exp8 Muon step took 275 s in bf16),
 # so "auto" means bf16 on accelerators and fp32 on the CPU.
 NS_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
-ADAMW_DEFAULTS: dict[str, Any] = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2}
+# fused: None = torch's fused AdamW kernel when the group's parameters are on a GPU (one launch per
+# step instead of a dozen per parameter, as torch.optim.AdamW(fused=True)); True/False force it.
+ADAMW_DEFAULTS: dict[str, Any] = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2,
+                                  "fused": None}
 
 
 def zeropower_via_newtonschulz(G: Tensor, steps: int = 5,
@@ -70,7 +73,7 @@ class HybridMuon(torch.optim.Optimizer):
     (plus ns_coefficients, eps, ns_dtype "auto" | "bfloat16" | "float32"); parameters are [..., out, in] and each trailing matrix is one Muon
     matrix, so a stacked MoE weight [E, out, in] is E matrices. AdamW groups: lr, betas, eps,
     weight_decay; their step is `torch.optim.adam.adam(decoupled_weight_decay=True)`, the function
-    `torch.optim.AdamW` runs. Missing keys take MUON_DEFAULTS / ADAMW_DEFAULTS.
+    `torch.optim.AdamW` runs (fused on GPUs). Missing keys take MUON_DEFAULTS / ADAMW_DEFAULTS.
     """
 
     def __init__(self, params: Iterable[dict[str, Any]]) -> None:
@@ -124,6 +127,9 @@ class HybridMuon(torch.optim.Optimizer):
     def _adamw_step(self, group: dict[str, Any]) -> None:
         params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
         has_complex = False
+        fused = group["fused"]
+        if fused is None:
+            fused = all(p.is_cuda for p in group["params"])
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -131,10 +137,14 @@ class HybridMuon(torch.optim.Optimizer):
                 raise RuntimeError("HybridMuon: sparse gradients are not supported")
             state = self.state[p]
             if not state:
-                # Same state layout as torch.optim.AdamW (non-fused, non-capturable): step on CPU.
-                state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
+                # Same state layout as torch.optim.AdamW: the fused kernel reads `step` on the
+                # parameter's device; otherwise it stays on the CPU (no kernel launch to bump it).
+                state["step"] = (torch.zeros((), dtype=_get_scalar_dtype(is_fused=True), device=p.device) if fused
+                                 else torch.tensor(0.0, dtype=_get_scalar_dtype()))
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            elif fused and state["step"].device != p.device:   # loaded from a checkpoint: kept on the CPU
+                state["step"] = state["step"].to(p.device, torch.float32)
             has_complex |= torch.is_complex(p)
             params.append(p)
             grads.append(p.grad)
@@ -144,8 +154,8 @@ class HybridMuon(torch.optim.Optimizer):
         if not params:
             return
         beta1, beta2 = group["betas"]
-        # foreach/fused left None: adam() then picks what torch.optim.AdamW picks by default.
-        adam(params, grads, exp_avgs, exp_avg_sqs, [], steps, has_complex=has_complex,
+        # fused None: adam() then picks what torch.optim.AdamW picks by default (foreach on GPUs).
+        adam(params, grads, exp_avgs, exp_avg_sqs, [], steps, fused=fused or None, has_complex=has_complex,
              decoupled_weight_decay=True, amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
              weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
              grad_scale=getattr(self, "grad_scale", None), found_inf=getattr(self, "found_inf", None))

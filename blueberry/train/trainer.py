@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import shutil
 import signal
 import sys
 import time
@@ -42,6 +43,8 @@ class PreemptSignal:
     def __init__(self):
         self.received: int | None = None
         self._previous: dict = {}
+        self._pending = None    # (work, flag) of the all-reduce started at the previous step
+        self._group = None
 
     def install(self) -> None:
         self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
@@ -54,15 +57,35 @@ class PreemptSignal:
         self.received = signum
 
     def any_rank(self, accelerator) -> bool:
-        """Every rank must agree to stop at the same step, though signals reach them at different times."""
+        """Every rank must agree to stop at the same step, though signals reach them at different times.
+
+        Across processes each call starts this step's all-reduce of the flags and reads the previous
+        step's, so all ranks stop one step after the signal, and the host never waits for the GPU:
+        the flags are CPU tensors, reduced over gloo (a side group when the main one is NCCL).
+        """
         if accelerator.num_processes == 1:
             return self.received is not None
-        flag = torch.tensor([1.0 if self.received is not None else 0.0], device=accelerator.device)
-        return bool(accelerator.reduce(flag, "max").item())
+        import torch.distributed as dist
+
+        if self._group is None:
+            self._group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+        flag = torch.tensor([1.0 if self.received is not None else 0.0])
+        previous = self._pending
+        self._pending = (dist.all_reduce(flag, dist.ReduceOp.MAX, group=self._group, async_op=True), flag)
+        if previous is None:
+            return False
+        work, flag = previous
+        work.wait()
+        return bool(flag.item())
+
+    def settle(self) -> None:
+        """Wait for the last flag all-reduce, so no collective is left in flight after the loop."""
+        if self._pending is not None:
+            self._pending[0].wait()
+            self._pending = None
 
 
-def train(cfg: RunConfig, task, resume_ckpt: Path | None = None) -> tuple[Path, int]:
-    """Train `task` under `cfg`; returns (run dir, exit code)."""
+def make_accelerator(cfg: RunConfig) -> Accelerator:
     # cpu=True without CUDA makes torchrun/srun/`accelerate launch` ranks form a gloo group.
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision, kwargs_handlers=[
         # Buffers (router bias, load counters) are kept equal by all-reduce; broadcasting rank 0's
@@ -70,21 +93,65 @@ def train(cfg: RunConfig, task, resume_ckpt: Path | None = None) -> tuple[Path, 
         DistributedDataParallelKwargs(broadcast_buffers=False)])
     if cfg.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise UserError("mixed_precision=fp16: needs a GPU; use bf16 or no on CPU")
+    return accelerator
+
+
+def build_training(cfg: RunConfig, task, data, accelerator, scheduler_mode: str = "min"):
+    """(model, optimizer, scheduler, parameter counts) as a run trains them: compiled when
+    cfg.compile, autocast per cfg.mixed_precision and wrapped for DDP by `accelerator.prepare`."""
+    model = task.build_model(cfg, data)
+    params = task.describe_model(model)
+    if cfg.compile:
+        # In place (nn.Module.compile), not torch.compile(model): the module keeps its class and its
+        # state_dict keys, so checkpoints, unwrap_model and `blueberry evaluate` are unchanged.
+        model.compile()
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, mode=scheduler_mode)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return model, optimizer, scheduler, params
+
+
+def optimizer_step(cfg: RunConfig, task, accelerator, model, optimizer, scheduler, batches,
+                   parts_sum: dict[str, torch.Tensor]):
+    """One optimizer step of grad_accum micro-batches; adds each loss part's step mean to
+    parts_sum. Reads nothing back to the host: the gradient norm returned is a device tensor."""
+    model.train()
+    for micro in range(cfg.grad_accum):
+        batch = next(batches)
+        # Only the last micro-batch all-reduces gradients.
+        sync = micro == cfg.grad_accum - 1
+        with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+            loss, parts = task.train_loss(model, batch, cfg)
+            accelerator.backward(loss / cfg.grad_accum)
+        for name, value in parts.items():
+            parts_sum[name] = parts_sum.get(name, 0) + value.detach().float() / cfg.grad_accum
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    task.after_optimizer_step(model, cfg, accelerator)
+    return grad_norm
+
+
+def train(cfg: RunConfig, task, resume_ckpt: Path | None = None) -> tuple[Path, int]:
+    """Train `task` under `cfg`; returns (run dir, exit code)."""
+    accelerator = make_accelerator(cfg)
     run_dir = _open_run_dir(cfg, resume_ckpt, accelerator)
     if cfg.warmup_steps >= cfg.max_steps and accelerator.is_main_process:
         notice(f"warmup_steps={cfg.warmup_steps} >= max_steps={cfg.max_steps}: the LR never reaches its peak")
 
     set_seed(cfg.seed)
-    data = task.build_data(cfg, accelerator)
+    try:
+        data = task.build_data(cfg, accelerator)
+    except UserError:
+        if resume_ckpt is None and accelerator.is_main_process:   # bad input leaves no empty run dir
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     cfg = budget_in_steps(cfg, data)
     if accelerator.is_main_process:
         rundir.write_atomic(run_dir / rundir.CONFIG, dump_yaml(cfg))   # with epochs turned into steps
     best = BestMetric.of(cfg, task)
-    model = task.build_model(cfg, data)
-    params = task.describe_model(model)
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg, mode=best.mode)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer, scheduler, params = build_training(cfg, task, data, accelerator, best.mode)
     state = TrainerState()
     # The scheduler is registered, not prepared: Accelerate's wrapper would step it once per process.
     accelerator.register_for_checkpointing(scheduler, state)
@@ -208,6 +275,7 @@ class _Loop:
                     break
             else:
                 self.status = "finished" if state.step >= cfg.max_steps else "stopped"
+            self.preempt.settle()
             self._save()
         except BaseException as e:
             self.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
@@ -225,23 +293,8 @@ class _Loop:
         return exit_code
 
     def _optimizer_step(self, batches, parts_sum: dict[str, torch.Tensor]):
-        cfg, acc, model = self.cfg, self.acc, self.model
-        model.train()
-        for micro in range(cfg.grad_accum):
-            batch = next(batches)
-            # Only the last micro-batch all-reduces gradients.
-            sync = micro == cfg.grad_accum - 1
-            with contextlib.nullcontext() if sync else acc.no_sync(model):
-                loss, parts = self.task.train_loss(model, batch, cfg)
-                acc.backward(loss / cfg.grad_accum)
-            for name, value in parts.items():
-                parts_sum[name] = parts_sum.get(name, 0) + value.detach().float() / cfg.grad_accum
-        grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.task.after_optimizer_step(model, cfg, acc)
-        return grad_norm
+        return optimizer_step(self.cfg, self.task, self.acc, self.model, self.optimizer, self.scheduler,
+                              batches, parts_sum)
 
     def _current_lrs(self) -> dict[str, float]:
         """The LR each group applies in the step about to run, named as the config names it."""
