@@ -73,11 +73,11 @@ CONF
 
 down_daemons() {
   for daemon in slurmd slurmctld; do
-    if [ -f "$DIR/$daemon.pid" ]; then
-      kill "$(cat "$DIR/$daemon.pid")" 2>/dev/null
-      for _ in $(seq 1 20); do kill -0 "$(cat "$DIR/$daemon.pid")" 2>/dev/null || break; sleep 0.2; done
-      rm -f "$DIR/$daemon.pid"
-    fi
+    local pid
+    pid=$(cat "$DIR/$daemon.pid" 2>/dev/null) || continue   # (the daemon removes it as it exits)
+    kill "$pid" 2>/dev/null
+    for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    rm -f "$DIR/$daemon.pid"
   done
 }
 
