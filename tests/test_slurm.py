@@ -59,15 +59,23 @@ def submit(kind, *args, cwd, env, options=()):
     return re.search(r"submitted \w+ job (\d+)", res.stdout).group(1)
 
 
+FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
+
+
 def wait_for(job, env, timeout=300):
-    """Poll squeue (not sbatch --wait, which backs off) until the job leaves the queue; release a
-    requeued job's BeginTime hold, which SLURM sets ~2 minutes ahead."""
-    deadline = time.time() + timeout
+    """Poll (not sbatch --wait, which backs off) until the job has ended for good: every task's
+    JobState final and nothing in squeue, twice in a row, since both can flicker while a requeued
+    job turns from COMPLETING to PENDING. Releases a requeued job's BeginTime hold (~2 min)."""
+    deadline, ended_before = time.time() + timeout, False
     while time.time() < deadline:
+        shown = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True).stdout
+        states = re.findall(r"\bJobState=(\S+)", shown)
         out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%i|%T|%r"], env=env, capture_output=True,
                              text=True).stdout
-        if not out.strip():
+        ended = bool(states) and all(s in FINAL for s in states) and not out.strip()
+        if ended and ended_before:
             return
+        ended_before = ended
         for line in out.splitlines():
             jid, state, reason = line.split("|")
             if state == "PENDING" and reason == "BeginTime":
