@@ -69,9 +69,7 @@ def run_figure(run: Run, st: RunStats, spec: MetricSpec, path: Path, subtitle: s
             a_time.plot(at_best[:1], [st.best], marker="*", markersize=14, color="C3", linestyle="none",
                         label=f"best {st.best:.4g} @ step {st.best_step}")
             a_time.legend(fontsize=8)
-        a_time.set_xlabel("wall time (s)")
-        a_time.set_ylabel(spec.curve)
-        a_time.set_title(f"{spec.curve} vs wall time", fontsize=10)
+        _titled(a_time, f"{spec.curve} vs wall time", "wall time (s)", spec.curve)
     else:
         _empty(a_time, f"no {spec.curve} with wall time")
     if pts:
@@ -84,9 +82,7 @@ def run_figure(run: Run, st: RunStats, spec: MetricSpec, path: Path, subtitle: s
         if st.best is not None:
             a_step.axhline(st.best, color="C3", linewidth=0.8, linestyle=":")
         a_step.legend(fontsize=8)
-        a_step.set_xlabel("step")
-        a_step.set_ylabel(spec.curve)
-        a_step.set_title(f"{spec.curve} vs step", fontsize=10)
+        _titled(a_step, f"{spec.curve} vs step", "step", spec.curve)
     else:
         _empty(a_step, f"no {spec.curve} logged")
     drawn = False
@@ -97,8 +93,7 @@ def run_figure(run: Run, st: RunStats, spec: MetricSpec, path: Path, subtitle: s
             drawn = True
     if drawn:
         a_acc.legend(fontsize=8)
-        a_acc.set_xlabel("step")
-        a_acc.set_title("val accuracy", fontsize=10)
+        _titled(a_acc, "val accuracy", "step")
     else:
         _empty(a_acc, "no val accuracy logged")
     drawn = False
@@ -110,13 +105,19 @@ def run_figure(run: Run, st: RunStats, spec: MetricSpec, path: Path, subtitle: s
     if drawn:
         a_lr.set_yscale("log")
         a_lr.legend(fontsize=8)
-        a_lr.set_xlabel("step")
         if run.config.get("max_steps"):
             a_lr.axvline(run.config["max_steps"], color="0.6", linestyle="--", linewidth=0.8)
-        a_lr.set_title(f"learning rate ({run.config.get('schedule', '?')} schedule)", fontsize=10)
+        _titled(a_lr, f"learning rate ({run.config.get('schedule', '?')} schedule)", "step")
     else:
         _empty(a_lr, "no LR logged")
     return _save(fig, path)
+
+
+def _titled(ax, title: str, xlabel: str, ylabel: str | None = None) -> None:
+    ax.set_xlabel(xlabel)
+    if ylabel is not None:
+        ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
 
 
 # --- comparisons ---------------------------------------------------------------------------------
@@ -165,13 +166,9 @@ def curves_figure(runs: list[Run], analysis: Analysis, path: Path) -> Path:
             timed = [(t, v) for _, v, t in analysis.stats[name].evals if isinstance(t, (int, float)) and math.isfinite(v)]
             if timed:
                 a_time.plot([t for t, _ in timed], [v for _, v in timed], color=color, alpha=0.8, label=name)
-    a_step.set_xlabel("step")
-    a_step.set_ylabel(spec.curve)
-    a_step.set_title(f"{spec.curve} vs step" + (" (bands: ± std over seeds)" if analysis.has_seed_repeats else ""),
-                     fontsize=10)
-    a_time.set_xlabel("wall time (s)")
-    a_time.set_ylabel(spec.curve)
-    a_time.set_title(f"{spec.curve} vs wall time", fontsize=10)
+    bands = " (bands: ± std over seeds)" if analysis.has_seed_repeats else ""
+    _titled(a_step, f"{spec.curve} vs step{bands}", "step", spec.curve)
+    _titled(a_time, f"{spec.curve} vs wall time", "wall time (s)", spec.curve)
     _legend(a_step, n_lines)
     _legend(a_time, len(by_name))
     return _save(fig, path)
@@ -196,8 +193,7 @@ def best_final_figure(analysis: Analysis, path: Path) -> Path:
         lo, hi = min(values), max(values)
         pad = (hi - lo) * 0.15 or abs(hi) * 0.05 or 1.0
         ax.set_xlim(lo - pad, hi + pad)
-    ax.set_xlabel(analysis.metric.curve)
-    ax.set_title(f"best vs final {analysis.metric.curve} per run", fontsize=10)
+    _titled(ax, f"best vs final {analysis.metric.curve} per run", analysis.metric.curve)
     ax.legend(fontsize=8)
     return _save(fig, path)
 
@@ -212,9 +208,7 @@ def accuracy_figure(runs: list[Run], analysis: Analysis, path: Path) -> Path | N
         pts = [(s, v) for s, v, _ in eval_points(r, key) if math.isfinite(v)]
         if pts:
             ax.plot([s for s, _ in pts], [v for _, v in pts], color=colors.get(r.name), marker=".", label=r.name)
-    ax.set_xlabel("step")
-    ax.set_ylabel(key)
-    ax.set_title(f"{key} vs step", fontsize=10)
+    _titled(ax, f"{key} vs step", "step", key)
     _legend(ax, len(runs))
     return _save(fig, path)
 
@@ -238,8 +232,6 @@ def lr_figure(recs: list[LRRecommendation], spec: MetricSpec, path: Path) -> Pat
             if rec.range[0] < rec.range[1]:
                 ax.axvspan(rec.range[0], rec.range[1], color=color, alpha=0.1)
         ax.set_xscale("log")
-        ax.set_xlabel(param)
-        ax.set_ylabel(f"{spec.curve} ({spec.rank_by})")
-        ax.set_title(f"{spec.curve} vs {param} (★ best, shaded: within noise)", fontsize=10)
+        _titled(ax, f"{spec.curve} vs {param} (★ best, shaded: within noise)", param, f"{spec.curve} ({spec.rank_by})")
         _legend(ax, len(mine))
     return _save(fig, path)
