@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import shutil
 import signal
 import sys
 import time
@@ -136,20 +135,13 @@ def optimizer_step(cfg: RunConfig, task, accelerator, model, optimizer, schedule
 def train(cfg: RunConfig, task, resume_ckpt: Path | None = None) -> tuple[Path, int]:
     """Train `task` under `cfg`; returns (run dir, exit code)."""
     accelerator = make_accelerator(cfg)
-    run_dir = _open_run_dir(cfg, resume_ckpt, accelerator)
+    set_seed(cfg.seed)
+    # Data first: bad input (a missing or malformed file) stops the run before any run dir exists.
+    data = task.build_data(cfg, accelerator)
+    cfg = budget_in_steps(cfg, data)
+    run_dir = _open_run_dir(cfg, resume_ckpt, accelerator)   # its config.yaml has epochs turned into steps
     if cfg.warmup_steps >= cfg.max_steps and accelerator.is_main_process:
         notice(f"warmup_steps={cfg.warmup_steps} >= max_steps={cfg.max_steps}: the LR never reaches its peak")
-
-    set_seed(cfg.seed)
-    try:
-        data = task.build_data(cfg, accelerator)
-    except UserError:
-        if resume_ckpt is None and accelerator.is_main_process:   # bad input leaves no empty run dir
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    cfg = budget_in_steps(cfg, data)
-    if accelerator.is_main_process:
-        rundir.write_atomic(run_dir / rundir.CONFIG, dump_yaml(cfg))   # with epochs turned into steps
     best = BestMetric.of(cfg, task)
     model, optimizer, scheduler, params = build_training(cfg, task, data, accelerator, best.mode)
     state = TrainerState()
