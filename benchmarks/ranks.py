@@ -14,7 +14,6 @@ over the logged steps after the first few. Runs alternate, so load from other pr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -23,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.common import print_table, write_json
+from blueberry import rundir
 
 REPO = Path(__file__).resolve().parents[1]
 SKIP_FIRST = 3     # steps whose windows hold start-up costs
@@ -42,8 +42,8 @@ def command(ranks: int, args, out_dir: Path) -> list[str]:
 
 def tokens_per_s(out_dir: Path) -> list[float]:
     (run,) = [p for p in out_dir.iterdir() if p.is_dir()]
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [r["train/tokens_per_s"] for r in rows if "train/tokens_per_s" in r and r["step"] > SKIP_FIRST]
+    return [r["train/tokens_per_s"] for r in rundir.read_metrics(run)
+            if "train/tokens_per_s" in r and r["step"] > SKIP_FIRST]
 
 
 def main(argv=None) -> None:

@@ -100,7 +100,11 @@ class RunConfig:
         """Check every field's bounds, then the relations between fields; raise UserError."""
         for f in fields(self):
             check_bounds(f, getattr(self, f.name))
-        if self.stop_at_step > self.max_steps and not self.epochs:
+        if not self.epochs:   # with an epoch budget, checked once epochs are steps (budget_in_steps)
+            self.check_stop_at_step()
+
+    def check_stop_at_step(self) -> None:
+        if self.stop_at_step > self.max_steps:
             raise UserError(f"stop_at_step={self.stop_at_step}: must be <= max_steps ({self.max_steps}) or 0")
 
     @property
@@ -203,11 +207,11 @@ class ScanlineConfig(RunConfig):
 
     def validate(self) -> None:
         super().validate()
-        shares = _floats(self.class_shares, "class_shares")
+        shares = parse_floats(self.class_shares, "class_shares")
         if len(shares) < 2 or any(x < 0 for x in shares) or not sum(shares) > 0:
             raise UserError(f"class_shares={self.class_shares!r}: give at least two non-negative shares, e.g. 0.25,0.25,0.25,0.25")
         if self.class_weights not in ("auto", "none"):
-            _floats(self.class_weights, "class_weights")
+            parse_floats(self.class_weights, "class_weights")
         if self.val_fraction + self.test_fraction >= 1:
             raise UserError(f"test_fraction={self.test_fraction}: val_fraction + test_fraction must be < 1")
         if self.lines_per_sample > self.image_size and self.data == "synthetic":
@@ -218,7 +222,8 @@ class ScanlineConfig(RunConfig):
             raise UserError(f"patch_size={self.patch_size}: must divide the line length image_size ({self.image_size})")
 
 
-def _floats(text: str, name: str) -> list[float]:
+def parse_floats(text: str, name: str) -> list[float]:
+    """Comma-separated numbers of field `name`; UserError naming the field otherwise."""
     try:
         return [float(x) for x in text.split(",")]
     except ValueError:

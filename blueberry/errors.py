@@ -7,3 +7,8 @@ traceback.
 
 class UserError(Exception):
     """A problem the user can fix; the message is one line naming the field/file and what is allowed."""
+
+
+# A run stopped by SIGUSR1/SIGTERM exits with this after its checkpoint (EX_TEMPFAIL): requeue and
+# resume it. Here, not in the trainer, so torch-free code (the sweep runner) can read it.
+EXIT_PREEMPTED = 75

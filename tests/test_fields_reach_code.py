@@ -172,16 +172,19 @@ def test_cache_dir_seq_len_and_leak_ngram_reach_the_data(tmp_path):
 
 # --- trainer (in-process runs) --------------------------------------------------------------------
 
-def train_inprocess(tmp_path, **changes):
+def train_inprocess(tmp_path, base=None, **changes):
+    """Train in this process: the tiny LM, or `base` (a config of any task) with `changes`."""
     from accelerate.state import AcceleratorState, GradientState
 
+    from blueberry.tasks import load_task
     from blueberry.train.trainer import train
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-    cfg = cfg_with(**{"out_dir": str(tmp_path / "runs"), "wandb_mode": "disabled", "max_steps": 4,
-                      "eval_every": 2, **changes})
-    run_dir, code = train(cfg, LMTask())
+    changes = {"out_dir": str(tmp_path / "runs"), "wandb_mode": "disabled", "max_steps": 4, "eval_every": 2,
+               **changes}
+    cfg = dataclasses.replace(base, **changes) if base is not None else cfg_with(**changes)
+    run_dir, code = train(cfg, load_task(cfg.task))
     assert code == 0
     return run_dir
 
@@ -227,6 +230,18 @@ def test_epoch_budgets_become_steps(tmp_path):
     assert saved["warmup_steps"] == round(0.02 / per_step)
     assert saved["eval_every"] == round(1 / per_step)
     assert max(_rows(run, "train/loss")) == saved["max_steps"]
+
+
+def test_stop_at_step_is_checked_against_the_epoch_budget():
+    from types import SimpleNamespace
+
+    from blueberry.errors import UserError
+    from blueberry.train.trainer import budget_in_steps
+
+    data = SimpleNamespace(epochs_at=lambda micro_batches: micro_batches / 100)   # 100 steps per epoch
+    assert budget_in_steps(cfg_with(epochs=1, stop_at_step=60), data).max_steps == 100
+    with pytest.raises(UserError, match=r"stop_at_step=5000: must be <= max_steps \(100\)"):
+        budget_in_steps(cfg_with(epochs=1, stop_at_step=5000), data)
 
 
 def test_plateau_and_best_metric_and_mode_drive_the_run(tmp_path):

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import blueberry.train.trainer as trainer
+from blueberry.config import ScanlineConfig
 from test_fields_reach_code import train_inprocess
 
 TENSOR_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy", "nonzero")
@@ -60,9 +61,14 @@ def _count_reads(monkeypatch, tmp_path, steps: int, **changes) -> Counter:
     return reads
 
 
+SCANLINE = ScanlineConfig(n_images=24, image_size=32, lines_per_sample=4, line_stride=4, model="sequential",
+                          d_model=16, n_heads=2, n_layers=1, d_ff=32, cnn_channels=8, batch_size=8)
+
+
 @pytest.mark.parametrize("changes", [dict(optimizer="adamw", grad_accum=2, bias_update_rate=0.01),
-                                     dict(optimizer="muon", z_loss_weight=0.01, n_shared_experts=1)],
-                         ids=["adamw-accum-bias", "muon-shared-zloss"])
+                                     dict(optimizer="muon", z_loss_weight=0.01, n_shared_experts=1),
+                                     dict(base=SCANLINE, optimizer="muon")],
+                         ids=["adamw-accum-bias", "muon-shared-zloss", "scanline-muon"])
 def test_training_steps_read_nothing_back_from_the_device(monkeypatch, tmp_path, changes):
     short = _count_reads(monkeypatch, tmp_path, 2, **changes)
     long = _count_reads(monkeypatch, tmp_path, 6, **changes)

@@ -3,6 +3,7 @@ real CLI: the same trainer, run dir and offline W&B run as the LM; then `blueber
 held-out test images, whose balanced accuracy must clearly beat chance (0.25 for 4 classes)."""
 
 import json
+import math
 
 import pytest
 import yaml
@@ -24,7 +25,9 @@ def test_preset_trains_with_per_class_metrics_gap_and_confusion_matrix(trained):
     _, run = trained
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert (config["task"], config["preset"], config["model"]) == ("scanline", "scanline-tiny", "cnn_lstm")
-    assert config["max_steps"] > 0 and config["epochs"] == 4   # the epoch budget, turned into steps
+    train_windows = rundir.read_summary(run)["data"]["windows"]["train"]
+    # the epoch budget, turned into optimizer steps: 4 epochs of batches of 32 windows
+    assert config["epochs"] == 4 and config["max_steps"] == math.ceil(4 / (32 / train_windows))
 
     rows = rundir.read_metrics(run)
     evals = [r for r in rows if "val/balanced_accuracy" in r]

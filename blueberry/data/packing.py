@@ -13,16 +13,36 @@ micro-batch, and Accelerate's re-sharding would split these batches a second tim
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from blueberry.errors import UserError
 
 
-class Windows(Dataset):
+class BatchDataset(Dataset):
+    """A dataset that builds a whole batch in one `batch(indices)` call (one fancy index, one read)
+    and returns it stacked. DataLoader(batch_sampler=...) calls __getitems__ and hands the result
+    to collate_fn, so load with `collate_fn=BatchDataset.collate` (pass-through)."""
+
+    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.batch([i])
+        return x[0], y[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.batch(indices)
+
+    @staticmethod
+    def collate(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return batch
+
+
+class Windows(BatchDataset):
     """Non-overlapping (x, y) windows of a 1-D token array (a memmap is read lazily)."""
 
     def __init__(self, tokens: np.ndarray, seq_len: int):
@@ -33,10 +53,6 @@ class Windows(Dataset):
     def __len__(self) -> int:
         return max(0, (len(self.tokens) - 1) // self.seq_len)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.batch([i])
-        return x[0], y[0]
-
     def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y) int64 tensors of shape [len(indices), seq_len]; one fancy index, one read."""
         idx = np.asarray(indices, dtype=np.int64)
@@ -46,14 +62,21 @@ class Windows(Dataset):
         rows = torch.from_numpy(rows.astype(np.int64))
         return rows[:, :-1], rows[:, 1:]
 
-    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The whole batch at once, already stacked: DataLoader(batch_sampler=...) calls this and
-        passes the result to collate_fn, so use `collate_fn=Windows.collate` (pass-through)."""
-        return self.batch(indices)
 
-    @staticmethod
-    def collate(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        return batch
+def train_batch_stream(dataset: BatchDataset, batch_size: int, seed: int,
+                       accelerator) -> Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
+    """train_batches(start): this rank's micro-batches of `dataset` from global micro-batch
+    `start` on, endlessly, on the accelerator's device (TaskData.train_batches)."""
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+
+    def train_batches(start: int):
+        sampler = ShardedBatchSampler(len(dataset), batch_size, rank, world, seed, start=start)
+        # Own generator: creating the loader must not draw from the global RNG (exact resume).
+        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=BatchDataset.collate,
+                            generator=torch.Generator(), pin_memory=device.type == "cuda")
+        for x, y in loader:
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    return train_batches
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:

@@ -9,11 +9,10 @@ the scan up to the current line, as in Gordon et al., Mach. Learn.: Sci. Technol
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import hashlib
+import io
 import json
-import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -23,9 +22,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
+from blueberry import rundir
+from blueberry.config import parse_floats
 from blueberry.data import stm_synthetic
+from blueberry.data.packing import BatchDataset
 from blueberry.data.sources import cache_root
 from blueberry.errors import UserError
 
@@ -51,6 +52,11 @@ class ScanSource:
     image_labels: np.ndarray | None = None   # int64 [N_img], stratifies the split; default: majority line class
     n_lines: np.ndarray | None = None        # int64 [N_img] real lines per image; default: H
     meta: dict[str, Any] = field(default_factory=dict)   # where it came from, for logs
+
+    @functools.cached_property
+    def normalised(self) -> np.ndarray:
+        """`lines` with each line at mean 0 / std 1, computed once for every split's windows."""
+        return normalise_lines(self.lines)
 
     def __post_init__(self) -> None:
         if self.n_lines is None:
@@ -89,10 +95,7 @@ def synthetic_path(cfg: Any) -> Path:
 
 
 def _shares(cfg: Any) -> list[float]:
-    try:
-        shares = [float(x) for x in str(cfg.class_shares).split(",")]
-    except ValueError:
-        raise UserError(f"class_shares={cfg.class_shares!r}: must be comma-separated numbers") from None
+    shares = parse_floats(str(cfg.class_shares), "class_shares")
     k = len(stm_synthetic.CLASS_NAMES)
     if len(shares) != k or min(shares) < 0 or not sum(shares) > 0:
         raise UserError(f"class_shares={cfg.class_shares!r}: the synthetic data has {k} classes "
@@ -112,7 +115,10 @@ def _synthetic(cfg: Any) -> ScanSource:
     arrays = stm_synthetic.generate_stm(cfg.n_images, cfg.data_seed, cfg.image_size, _shares(cfg),
                                         cfg.noise_level)
     try:
-        _write_atomic(path, arrays)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        rundir.write_atomic(path, buffer.getvalue())
     except OSError as e:
         warnings.warn(f"cache_dir: could not write {path} ({e.strerror or e}); the synthetic images "
                       f"will be generated again next time", stacklevel=3)
@@ -120,20 +126,6 @@ def _synthetic(cfg: Any) -> ScanSource:
                           list(arrays["class_names"]))
     source.meta.update(source="synthetic", cache_path=str(path), cache_hit=False)
     return source
-
-
-def _write_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def read_npz(data: str) -> ScanSource:
@@ -370,15 +362,15 @@ def normalise_lines(lines: np.ndarray) -> np.ndarray:
     return out
 
 
-class ScanlineWindows(Dataset):
+class ScanlineWindows(BatchDataset):
     """Windows of `lines_per_sample` consecutive lines of one image, one starting every
     `line_stride` lines; sample i is (x float32 [lines_per_sample, W], y int64 = last line's class).
 
-    Lines are normalised per line before augmentation. Augmentation (train=True only) draws from
-    torch's global RNG, which the trainer checkpoints: flip the window left-right with probability
-    0.5, add Gaussian noise, zero each line with probability line_dropout (never all of them).
-    For batches use `DataLoader(ds, batch_sampler=..., collate_fn=ScanlineWindows.collate)`:
-    `__getitems__` builds the whole batch at once.
+    Lines are normalised per line (ScanSource.normalised, shared by all splits) before
+    augmentation. Augmentation (train=True only) draws from torch's global RNG, which the trainer
+    checkpoints: flip the window left-right with probability 0.5, add Gaussian noise, zero each
+    line with probability line_dropout (never all of them).
+    A BatchDataset: `batch(indices)` builds a whole batch at once.
     """
 
     def __init__(self, source: ScanSource, image_indices: Sequence[int] | np.ndarray, lines_per_sample: int,
@@ -397,11 +389,9 @@ class ScanlineWindows(Dataset):
         if len(idx) and not counts.sum():
             raise UserError(f"lines_per_sample={lines_per_sample}: longer than every image here "
                             f"(at most {int(n_lines.max())} lines); lower it")
-        self._local = np.repeat(np.arange(len(idx)), counts)
-        self.images = idx[self._local]                       # source image of each window
+        self.images = np.repeat(idx, counts)                 # source image of each window
         self.starts = (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)) * line_stride
         self.labels = source.line_labels[self.images, self.starts + lines_per_sample - 1].astype(np.int64)
-        self._x = normalise_lines(source.lines[idx]) if len(idx) else np.zeros((0, 1, 1), np.float32)
         self._offsets = np.arange(lines_per_sample)
 
     def __len__(self) -> int:
@@ -411,28 +401,17 @@ class ScanlineWindows(Dataset):
         """Index (into the source) of the image window i was cut from."""
         return int(self.images[i])
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.batch([i])
-        return x[0], y[0]
-
     def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """x float32 [B, lines_per_sample, W] and y int64 [B] in one fancy index."""
         idx = np.asarray(indices, dtype=np.int64)
         if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise IndexError(f"window index out of range 0..{len(self) - 1}")
         rows = self.starts[idx][:, None] + self._offsets
-        x = torch.from_numpy(self._x[self._local[idx][:, None], rows])
+        x = torch.from_numpy(self.source.normalised[self.images[idx][:, None], rows])
         y = torch.from_numpy(self.labels[idx])
         if self.train:
             x = self._augment(x)
         return x, y
-
-    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.batch(indices)
-
-    @staticmethod
-    def collate(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        return batch
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         b, n_lines = x.shape[:2]
@@ -467,10 +446,7 @@ def class_weights(spec: str, train_labels: np.ndarray, n_classes: int) -> torch.
         share = counts / max(counts.sum(), 1)
         weights = np.where(counts > 0, 1.0 / (n_classes * np.where(counts > 0, share, 1.0)), 0.0)
         return torch.tensor(weights, dtype=torch.float32)
-    try:
-        values = [float(x) for x in spec.split(",")]
-    except ValueError:
-        raise UserError(f"class_weights={spec!r}: use auto, none, or {n_classes} comma-separated numbers") from None
+    values = parse_floats(spec, "class_weights")
     if len(values) != n_classes or min(values) < 0 or not all(np.isfinite(values)):
         raise UserError(f"class_weights={spec!r}: give {n_classes} non-negative numbers (one per class), "
                         f"or auto, or none")

@@ -45,7 +45,6 @@ SCAN_RANGE_NM = ((3.0, 12.0), (3.0, 20.0), (4.0, 60.0), (3.0, 80.0))
 # tip blur per class (nm, uniform range); the defect class adds heavy blur on some images
 TIP_SIGMA_NM = ((0.02, 0.05), (0.04, 0.08), (0.05, 0.12), (0.06, 0.12))
 
-_OFF: set = set()
 _CHUNK = 32   # images per rendering chunk: bounds memory; fixed, so output does not depend on it
 
 
@@ -93,7 +92,7 @@ def _draw_image_params(rng: np.random.Generator, n: int, size: int, shares: np.n
 
     # Tip change: lines from `change_line` on belong to segment 1. The minority part (fewer
     # lines) may take another class, so the image label stays the majority class.
-    has_change = (rng.random(n) < min(0.9, 0.35 * eta)) & ('tip' not in _OFF)
+    has_change = (rng.random(n) < min(0.9, 0.35 * eta))
     change_line = np.where(has_change, rng.integers(size // 10, size - size // 10, n), size)
     other_p = np.tile(shares, (n, 1))
     other_p[np.arange(n), label] = 0.0
@@ -292,15 +291,15 @@ def _render(rng: np.random.Generator, p: dict, size: int, eta: float) -> np.ndar
         z[li, lj] += np.where(burst, noise, 0) * amp[li, 0]
 
     # line artefacts: offset jumps that persist, per-line offsets, jumps in the middle of a line
-    jumps = rng.random((n, size)) < 0.03 * eta * ('jumps' not in _OFF)
-    offsets = np.cumsum(jumps * rng.normal(0, 3, (n, size)), 1) + rng.normal(0, 0.5 * eta, (n, size)) * ('jumps' not in _OFF)
+    jumps = rng.random((n, size)) < 0.03 * eta
+    offsets = np.cumsum(jumps * rng.normal(0, 3, (n, size)), 1) + rng.normal(0, 0.5 * eta, (n, size))
     z += offsets[:, :, None].astype(f32) * amp
-    li, lj = np.nonzero(rng.random((n, size)) < 0.02 * eta * ('mid' not in _OFF))
+    li, lj = np.nonzero(rng.random((n, size)) < 0.02 * eta)
     if len(li):
         where, height = rng.integers(1, size, len(li)), rng.normal(0, 2, len(li))
         z[li, lj] += np.where(cols[0, 0] >= where[:, None], height[:, None], 0).astype(f32) * amp[li, 0]
     # spikes: a few pixels far off the surface
-    counts = rng.poisson(1.5e-4 * eta * size * size * ('spikes' not in _OFF), n)
+    counts = rng.poisson(1.5e-4 * eta * size * size, n)
     img = np.repeat(np.arange(n), counts)
     sy, sx = rng.integers(0, size, (2, len(img)))
     z[img, sy, sx] += (rng.choice([-1, 1], len(img)) * rng.uniform(1.5, 4, len(img)) * amp[img, 0, 0]).astype(f32)

@@ -38,8 +38,10 @@ class Task(Protocol):
     def train_loss(self, model, batch, cfg) -> tuple[Any, dict[str, Any]]:
         """(loss to backpropagate, named detached parts to log as train/<name>)."""
 
-    def evaluate(self, model, data: TaskData, cfg, accelerator, split: str = "val") -> tuple[dict[str, float], dict[str, Any]]:
-        """(scalar metrics named like "<split>/loss", figures by name). Same on every rank."""
+    def evaluate(self, model, data: TaskData, cfg, accelerator, split: str = "val",
+                 in_training: bool = False) -> tuple[dict[str, float], dict[str, Any]]:
+        """(scalar metrics named like "<split>/loss", figures by name). Same on every rank.
+        in_training: the trainer's periodic evaluation, which may add training diagnostics."""
 
     def after_optimizer_step(self, model, cfg, accelerator) -> None:
         """Per-step bookkeeping that is not gradient descent (e.g. MoE router bias updates)."""

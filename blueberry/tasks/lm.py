@@ -6,10 +6,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from blueberry.config import LMConfig
-from blueberry.data.packing import ShardedBatchSampler, Windows, eval_batches
+from blueberry.data.packing import ShardedBatchSampler, Windows, eval_batches, train_batch_stream
 from blueberry.data.token_cache import build_text_data
 from blueberry.errors import UserError
 from blueberry.models.lm import Decoder
@@ -35,18 +34,9 @@ class LMTask:
         if leak > cfg.leak_warn and accelerator.is_main_process:
             notice(f"WARNING: {leak:.1%} of val windows share a {cfg.leak_ngram}-token span with train "
                    f"(leak_warn={cfg.leak_warn}); val loss will flatter the model")
-        device = accelerator.device
-
-        def train_batches(start: int):
-            sampler = ShardedBatchSampler(len(train), cfg.batch_size, rank, world, cfg.seed, start=start)
-            # Own generator: creating the loader must not draw from the global RNG (exact resume).
-            loader = DataLoader(train, batch_sampler=sampler, collate_fn=Windows.collate, generator=torch.Generator(),
-                                pin_memory=device.type == "cuda")
-            for x, y in loader:
-                yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-
         stats = {**text.stats, "train_windows": len(train), "val_windows": len(val), "vocab_size": text.vocab_size}
-        return TaskData(train_batches=train_batches, items_per_batch=cfg.batch_size * cfg.seq_len,
+        return TaskData(train_batches=train_batch_stream(train, cfg.batch_size, cfg.seed, accelerator),
+                        items_per_batch=cfg.batch_size * cfg.seq_len,
                         unit="tokens", epochs_at=order.epochs_at, stats=stats,
                         payload={"val": val, "vocab_size": text.vocab_size})
 
@@ -67,7 +57,8 @@ class LMTask:
         return ce + aux_loss, parts
 
     @torch.no_grad()
-    def evaluate(self, model, data: TaskData, cfg: LMConfig, accelerator, split: str = "val"):
+    def evaluate(self, model, data: TaskData, cfg: LMConfig, accelerator, split: str = "val",
+                 in_training: bool = False):
         """val/loss, accuracy and perplexity over a fixed set of val windows, summed over ranks."""
         val = data.payload[split]
         core = accelerator.unwrap_model(model)

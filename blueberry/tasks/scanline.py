@@ -10,12 +10,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from accelerate.utils import gather_object
-from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import (multiclass_accuracy, multiclass_auroc,
                                                     multiclass_confusion_matrix, multiclass_recall)
 
 from blueberry.config import ScanlineConfig
-from blueberry.data.packing import ShardedBatchSampler, eval_batches
+from blueberry.data.packing import ShardedBatchSampler, eval_batches, train_batch_stream
 from blueberry.data.scanline import ScanlineWindows, augmentation, class_weights, load_source, split_by_image
 from blueberry.errors import UserError
 from blueberry.models.scanline import build_scanline_model
@@ -41,28 +40,19 @@ class ScanlineTask:
         evaluation = {split: windows(split, train=False) for split in self.splits if len(images[split])}
         if "val" not in evaluation or len(evaluation["val"]) == 0:
             raise UserError(f"val_fraction={cfg.val_fraction}: the val split has no windows; raise it or add images")
-        rank, world = accelerator.process_index, accelerator.num_processes
-        order = ShardedBatchSampler(len(train), cfg.batch_size, rank, world, cfg.seed)
+        order = ShardedBatchSampler(len(train), cfg.batch_size, accelerator.process_index,
+                                    accelerator.num_processes, cfg.seed)
         weights = class_weights(cfg.class_weights, train.labels, source.n_classes)
-        device = accelerator.device
-        self.loss_weights = weights.to(device)   # one task instance per run
-
-        def train_batches(start: int):
-            sampler = ShardedBatchSampler(len(train), cfg.batch_size, rank, world, cfg.seed, start=start)
-            # Own generator: creating the loader must not draw from the global RNG (exact resume).
-            loader = DataLoader(train, batch_sampler=sampler, collate_fn=ScanlineWindows.collate,
-                                generator=torch.Generator(), pin_memory=device.type == "cuda")
-            for x, y in loader:
-                yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-
+        self.loss_weights = weights.to(accelerator.device)   # one task instance per run
         shares = torch.bincount(torch.as_tensor(train.labels), minlength=source.n_classes).float()
         stats = {"n_classes": source.n_classes, "class_names": list(source.class_names),
                  "images": {split: int(len(idx)) for split, idx in images.items()},
                  "windows": {split: len(ds) for split, ds in evaluation.items()},
-                 "train_class_shares": (shares / shares.sum()).tolist(), "class_weights": weights.tolist()}
-        return TaskData(train_batches=train_batches, items_per_batch=cfg.batch_size, unit="samples",
-                        epochs_at=order.epochs_at, stats=stats,
-                        payload={"eval": evaluation, "weights": weights, "n_classes": source.n_classes,
+                 "train_class_shares": (shares / shares.sum()).tolist(), "class_weights": weights.tolist(),
+                 "source": source.meta}
+        return TaskData(train_batches=train_batch_stream(train, cfg.batch_size, cfg.seed, accelerator),
+                        items_per_batch=cfg.batch_size, unit="samples", epochs_at=order.epochs_at, stats=stats,
+                        payload={"eval": evaluation, "n_classes": source.n_classes,
                                  "class_names": list(source.class_names), "line_length": source.lines.shape[-1]})
 
     def build_model(self, cfg: ScanlineConfig, data: TaskData):
@@ -79,11 +69,12 @@ class ScanlineTask:
         return loss, {"loss": loss, "accuracy": (logits.argmax(-1) == y).float().mean()}
 
     @torch.no_grad()
-    def evaluate(self, model, data: TaskData, cfg: ScanlineConfig, accelerator, split: str = "val"):
-        """Metrics of `split`; for in-training evaluations (split val) also the un-augmented train
-        windows (train_eval/...) and the gap train_eval - val (gap/...)."""
+    def evaluate(self, model, data: TaskData, cfg: ScanlineConfig, accelerator, split: str = "val",
+                 in_training: bool = False):
+        """Metrics of `split`; in training also the un-augmented train windows (train_eval/...)
+        and the gap train_eval - val (gap/...)."""
         metrics, figures = self._evaluate_split(model, data, cfg, accelerator, split)
-        if split == "val" and "train" in data.payload["eval"]:
+        if in_training and "train" in data.payload["eval"]:
             # prefix train_eval: train/loss is already the running (augmented) training loss
             train_metrics, _ = self._evaluate_split(model, data, cfg, accelerator, "train", figure=False,
                                                     prefix="train_eval")
@@ -105,14 +96,14 @@ class ScanlineTask:
                 continue
             x, y = dataset.batch(indices)
             logits = model(x.to(accelerator.device)).float()
-            probs.append(logits.softmax(-1).cpu())
+            probs.append(logits.softmax(-1))
             targets.append(y)
         model.train(was_training)
-        local = (torch.cat(probs), torch.cat(targets)) if probs else None
+        local = (torch.cat(probs).cpu(), torch.cat(targets)) if probs else None   # one device read
         parts = gather_object([local]) if accelerator.num_processes > 1 else [local]
         probs = torch.cat([p for p, _ in filter(None, parts)])
         targets = torch.cat([t for _, t in filter(None, parts)])
-        metrics = classification_metrics(probs, targets, data.payload["n_classes"], data.payload["weights"],
+        metrics = classification_metrics(probs, targets, data.payload["n_classes"], self.loss_weights.cpu(),
                                          data.payload["class_names"], prefix=prefix or split)
         figures = {}
         if figure and accelerator.is_main_process:

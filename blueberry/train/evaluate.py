@@ -11,8 +11,6 @@ import dataclasses
 import json
 from pathlib import Path
 
-import torch
-from accelerate import Accelerator
 from accelerate.utils import SAFE_MODEL_NAME, load_checkpoint_in_model
 
 from blueberry import rundir
@@ -21,6 +19,7 @@ from blueberry.errors import UserError
 from blueberry.tasks import load_task
 from blueberry.train import checkpoint
 from blueberry.train.figures import save_figures
+from blueberry.train.trainer import make_accelerator
 
 
 def pick_checkpoint(run_dir: Path, which: str) -> Path:
@@ -53,7 +52,7 @@ def evaluate_run(run_dir: str | Path, split: str, which: str = "best") -> tuple[
         raise UserError(f"split={split}: {task_name} runs have {', '.join(task.splits)}")
     ckpt = pick_checkpoint(run_dir, which)
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
+    accelerator = make_accelerator(cfg)
     data = task.build_data(cfg, accelerator)
     model = task.build_model(cfg, data)
     load_checkpoint_in_model(model, str(ckpt / f"{SAFE_MODEL_NAME}.safetensors"), strict=True)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from blueberry import rundir
 from blueberry.config import RunConfig, dump_yaml
-from blueberry.errors import UserError
+from blueberry.errors import EXIT_PREEMPTED, UserError
 from blueberry.optim.build import build_optimizer
 from blueberry.optim.schedules import build_scheduler
 from blueberry.train import checkpoint
@@ -31,7 +31,6 @@ from blueberry.train.checkpoint import TrainerState
 from blueberry.train.figures import save_figures
 from blueberry.train.tracking import Tracker, choose_mode, notice
 
-EXIT_PREEMPTED = 75     # EX_TEMPFAIL: checkpointed on SIGUSR1/SIGTERM; requeue and resume
 
 
 class PreemptSignal:
@@ -170,7 +169,9 @@ def budget_in_steps(cfg: RunConfig, data) -> RunConfig:
         changes["warmup_steps"] = max(1, round(cfg.warmup_epochs / epochs_per_step))
     if cfg.eval_every == 0:
         changes["eval_every"] = max(1, round(1 / epochs_per_step))
-    return dataclasses.replace(cfg, **changes) if changes else cfg
+    cfg = dataclasses.replace(cfg, **changes) if changes else cfg
+    cfg.check_stop_at_step()
+    return cfg
 
 
 @dataclass(frozen=True)
@@ -300,17 +301,16 @@ class _Loop:
     def _log_train(self, parts_sum, n_steps, lr_used, grad_norm, rate, bar) -> None:
         """Mean of each loss part over the steps since the last log; LR of the step just taken."""
         acc, state, unit = self.acc, self.state, self.data.unit
-        names = sorted(parts_sum)
-        if names:
-            stacked = torch.stack([parts_sum[n] for n in names])
+        logged = {f"train/{n}": parts_sum[n] / n_steps for n in sorted(parts_sum)}
+        if grad_norm is not None:   # the same on every rank, so the mean leaves it as it is
+            logged["train/grad_norm"] = torch.as_tensor(grad_norm, dtype=torch.float32, device=acc.device)
+        values = []
+        if logged:
+            stacked = torch.stack([v.float() for v in logged.values()])
             stacked = acc.reduce(stacked, "mean") if acc.num_processes > 1 else stacked
             values = stacked.tolist()   # the one host sync of a logging step
-        else:
-            values = []
-        row = {f"train/{n}": v / n_steps for n, v in zip(names, values)}
+        row = dict(zip(logged, values))
         row.update(lr_used)
-        if grad_norm is not None:
-            row["train/grad_norm"] = float(grad_norm)
         row[f"train/{unit}_per_s"] = rate
         row[f"{unit}_seen"] = state.items_seen
         row["epochs"] = self.data.epochs_at(state.micro_batches)
@@ -323,7 +323,7 @@ class _Loop:
     def _evaluate(self) -> bool:
         """Evaluate, track the best, checkpoint a new best; True when early stopping should stop."""
         cfg, state, best = self.cfg, self.state, self.best
-        metrics, figures = self.task.evaluate(self.model, self.data, cfg, self.acc)
+        metrics, figures = self.task.evaluate(self.model, self.data, cfg, self.acc, in_training=True)
         if best.name not in metrics:
             raise UserError(f"best_metric={best.name!r}: not among the evaluation metrics "
                             f"({', '.join(sorted(k for k in metrics if '/' in k and 'layer' not in k))})")
