@@ -221,17 +221,17 @@ def agent(sweep_id, count):
 def local(file, workers, count, sweep_dir, overrides, seed, write_report):
     """Run a sweep YAML here, no W&B server: trials as subprocesses, state in the sweep dir."""
     from blueberry.sweep.display import SweepDisplay
-    from blueberry.sweep.local import LocalRunner, default_sweep_dir
+    from blueberry.sweep.local import LocalRunner, default_sweep_dir, sweep_name
     from blueberry.sweep.state import SweepDir
 
     config = _load_valid_sweep(file)
     overrides = list(overrides)
     path = Path(sweep_dir) if sweep_dir else default_sweep_dir(config, Path(file), overrides)
-    state = SweepDir.open(path, config, name=str(config.get("name") or Path(file).stem), overrides=overrides,
+    state = SweepDir.open(path, config, name=sweep_name(config, Path(file)), overrides=overrides,
                           seed=seed)
     click.echo(f"sweep dir {path}", err=True)
     display = SweepDisplay(state.name, state.metric, state.goal)
-    code = LocalRunner(state, workers=workers, count=count, overrides=overrides, show=display).run()
+    code = LocalRunner(state, workers=workers, count=count, show=display).run()
     display.close(state.trials())
     if write_report and code == 0:   # an interrupted sweep is resumed, and reported, later
         report_sweep(state)
@@ -243,9 +243,8 @@ def report_sweep(state) -> None:
     one-line warning. While another runner still has trials running, that runner writes it."""
     import time
 
-    from blueberry.sweep.state import STALE_AFTER_S
-
-    live = [t for t in state.trials() if t.status == "running" and time.time() - t.heartbeat <= STALE_AFTER_S]
+    now = time.time()
+    live = [t for t in state.trials() if t.is_live(now)]
     if live:
         click.echo(f"report: {len(live)} trial(s) still running in another runner, which writes the report when "
                    f"it ends; a report of the trials so far: blueberry report {state.path}", err=True)

@@ -38,6 +38,11 @@ def slurm_job_tag() -> str:
     return f"j{job}" if job else ""
 
 
+def has_job_tag(run_dir_name: str, tag: str) -> bool:
+    """Whether a run dir was created under SLURM job tag `tag` (NAME-TIME-<tag>[-N])."""
+    return re.search(rf"-{re.escape(tag)}(-\d+)?$", run_dir_name) is not None
+
+
 def create_run_dir(out_dir: str | Path, name: str) -> Path:
     """Make a new, unique run dir; two runs starting in the same second get -2, -3, ..."""
     stamp = time.strftime("%Y%m%d_%H%M%S")
@@ -55,12 +60,18 @@ def create_run_dir(out_dir: str | Path, name: str) -> Path:
     raise RuntimeError(f"could not create a unique run dir for {base} in {out_dir}")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write a whole file or nothing: a crash leaves the previous version in place."""
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write a whole file (text as UTF-8, or bytes) or nothing: a crash leaves the previous
+    version in place. Permissions follow the umask, like any file (mkstemp alone gives 0600)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        os.fchmod(fd, 0o666 & ~_UMASK)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -126,7 +137,7 @@ def find_resumable(out_dir: str | Path, name: str) -> Path | None:
     candidates = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(f"{name}-")
                   and latest_checkpoint(p) is not None]
     if tag:
-        candidates = [p for p in candidates if re.search(rf"-{re.escape(tag)}(-\d+)?$", p.name)]
+        candidates = [p for p in candidates if has_job_tag(p.name, tag)]
     else:
         candidates = [p for p in candidates if read_summary(p).get("status") != "finished"]
     return max(candidates, key=lambda p: p.stat().st_mtime, default=None)

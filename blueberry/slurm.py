@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from blueberry import rundir
 from blueberry.errors import UserError
 
 SCRIPTS = {"train": "train.sbatch", "multinode": "multinode.sbatch", "sweep": "sweep-agents.sbatch"}
@@ -83,5 +84,4 @@ def run_dirs_of(job: dict[str, str]) -> list[Path]:
     runs = Path(job["workdir"]) / "runs"
     if not runs.is_dir():
         return []
-    tag = f"-j{job['id']}"
-    return sorted(p for p in runs.iterdir() if p.is_dir() and re.search(rf"{re.escape(tag)}(-\d+)?$", p.name))
+    return sorted(p for p in runs.iterdir() if p.is_dir() and rundir.has_job_tag(p.name, f"j{job['id']}"))

@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from blueberry import rundir
+from blueberry.sweep.local import default_sweep_dir
 from conftest import TINY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,7 +150,9 @@ def test_sweep_agent_array_shares_one_sweep_dir(slurm_env, tmp_path):
     job = submit("sweep", str(REPO / "sweeps" / "quickstart.yaml"), "--count=1", *overrides, cwd=tmp_path,
                  env=slurm_env, options=["--array=0-1", "--time=00:10:00"])
     wait_for(job, slurm_env)
-    trials = [json.loads(p.read_text()) for p in (tmp_path / "runs" / "sweeps" / "quickstart").glob("trials/*/trial.json")]
+    sweep = REPO / "sweeps" / "quickstart.yaml"
+    shared = default_sweep_dir(yaml.safe_load(sweep.read_text()), sweep, [o.split("=", 1)[1] for o in overrides])
+    trials = [json.loads(p.read_text()) for p in (tmp_path / shared).glob("trials/*/trial.json")]
     assert len(trials) == 2
     assert trials[0]["params"] != trials[1]["params"]
     assert {t["status"] for t in trials} == {"finished"}

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -42,10 +41,8 @@ def test_a_bad_sweep_names_each_problem_with_its_yaml_path(cli):
 @pytest.mark.parametrize("command", [["create", "sweeps/quickstart.yaml"], ["agent", "me/proj/abc123"]])
 def test_wandb_server_commands_fail_fast_without_a_key(cli, command):
     args = [str(REPO / command[1])] if command[0] == "create" else [command[1]]
-    start = time.monotonic()
-    res = cli("sweep", command[0], *args, env={"WANDB_MODE": None})
+    res = cli("sweep", command[0], *args, env={"WANDB_MODE": None}, timeout=20)   # a hang fails
     assert res.returncode == 2 and "no W&B API key" in res.stderr and "blueberry sweep local" in res.stderr
-    assert time.monotonic() - start < 20   # a guard against hanging, not a benchmark
 
 
 def test_wandb_server_commands_fail_fast_when_the_server_is_unreachable(cli):
@@ -67,7 +64,7 @@ def test_sweep_agent_forwards_signals_to_the_agent_process_group(tmp_path):
         f"signal.signal(signal.SIGTERM, lambda *a: (open({str(marker)!r}, 'w').write(' '.join(sys.argv[1:])), "
         "sys.exit(0)))\nprint('agent up', flush=True)\ntime.sleep(60)\n")
     (fake_bin / "wandb").chmod(0o755)
-    env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "WANDB_MODE": "online", "WANDB_API_KEY": "x" * 40,
+    env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "WANDB_API_KEY": "x" * 40,
            "WANDB_BASE_URL": f"http://127.0.0.1:{server.server_port}"}
     env.pop("WANDB_MODE")
     proc = subprocess.Popen([sys.executable, "-m", "blueberry.cli", "sweep", "agent", "me/proj/abc123", "--count", "2"],

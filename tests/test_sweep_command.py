@@ -3,7 +3,6 @@
 
 import json
 
-import click
 import pytest
 
 from blueberry.errors import UserError
@@ -110,20 +109,16 @@ def test_as_delivered_is_the_servers_json():
     assert json.loads(json.dumps(delivered)) == delivered
 
 
-def test_overrides_win_over_swept_values():
-    @click.command()
-    @click.option("--lr", type=float)
-    @click.option("--max_steps", type=int)
-    @click.option("--data")
-    def train(lr, max_steps, data):
-        seen.update(lr=lr, max_steps=max_steps, data=data)
+def test_overrides_win_over_swept_values(cli):
+    import yaml
 
-    seen = {}
     argv = build_command({"command": ["blueberry", "train", "lm", "${args}"]}, {"lr": 0.001, "max_steps": 200})
     argv = apply_overrides(argv, ["max_steps=3", "data=a=b.txt"])
     assert argv[-2:] == ["--max_steps=3", "--data=a=b.txt"]
-    train.main(argv[3:], standalone_mode=False)
-    assert seen == {"lr": 0.001, "max_steps": 3, "data": "a=b.txt"}
+    res = cli(*argv[1:], "--print-config")          # the real trainer's options read them
+    assert res.returncode == 0, res.stderr
+    config = yaml.safe_load(res.stdout)
+    assert (config["lr"], config["max_steps"], config["data"]) == (0.001, 3, "a=b.txt")
     for bad in ("max_steps", "=3", "--lr=1", "2lr=1"):
         with pytest.raises(UserError, match="key=value"):
             apply_overrides(argv, [bad])

@@ -8,9 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from blueberry import rundir
+from blueberry.errors import UserError
 from blueberry.sweep.local import LocalRunner
 from blueberry.sweep.state import SweepDir
 from conftest import TINY, run_cli
@@ -25,7 +27,7 @@ def fake_sweep(parameters, **extra):
 
 def run_sweep(path, config, *, workers=1, count=None, overrides=(), poll_s=0.1):
     sweep = SweepDir.open(path, config, name="t", overrides=list(overrides), seed=0)
-    code = LocalRunner(sweep, workers=workers, count=count, overrides=list(overrides), poll_s=poll_s).run()
+    code = LocalRunner(sweep, workers=workers, count=count, poll_s=poll_s).run()
     return code, sweep.trials()
 
 
@@ -91,10 +93,10 @@ def test_hyperband_stops_the_weak_trials(tmp_path):
 
 def test_a_different_sweep_in_the_same_dir_is_refused(tmp_path):
     run_sweep(tmp_path / "s", fake_sweep({"a": {"values": [1]}}))
-    res = subprocess.run([sys.executable, "-c", "from blueberry.sweep.state import SweepDir; "
-                          f"SweepDir.open({str(tmp_path / 's')!r}, {{'method': 'grid'}}, name='t', overrides=[], seed=0)"],
-                         capture_output=True, text=True)
-    assert "holds another sweep" in res.stderr
+    with pytest.raises(UserError, match="holds another sweep"):
+        SweepDir.open(tmp_path / "s", {"method": "grid"}, name="t", overrides=[], seed=0)
+    with pytest.raises(UserError, match="holds another sweep"):   # same YAML, other overrides
+        SweepDir.open(tmp_path / "s", fake_sweep({"a": {"values": [1]}}), name="t", overrides=["x=1"], seed=0)
 
 
 def test_quickstart_sweep_end_to_end_and_resume_after_interruption(tmp_path):

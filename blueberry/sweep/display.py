@@ -10,8 +10,14 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from blueberry.sweep.local import ranked
 from blueberry.sweep.state import Trial
+
+
+def ranked(trials: list[Trial], goal: str) -> list[Trial]:
+    """Trials with a value, best first; the rest after them in id order."""
+    valued = [t for t in trials if t.value is not None]
+    valued.sort(key=lambda t: t.value, reverse=goal == "maximize")
+    return valued + [t for t in trials if t.value is None]
 
 
 def params_text(params: dict[str, Any], keys: list[str] | None = None) -> str:
@@ -48,7 +54,7 @@ class SweepDisplay:
         if self.live:
             self.live.start()
 
-    def __call__(self, trials: list[Trial], running: set[str]) -> None:
+    def __call__(self, trials: list[Trial]) -> None:
         if self.live:
             self.live.update(trial_table(trials, self.metric, self.goal, f"sweep {self.name}"))
             return

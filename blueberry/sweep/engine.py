@@ -21,7 +21,7 @@ from typing import Any
 
 from blueberry.errors import UserError
 from blueberry.sweep.command import as_delivered
-from blueberry.sweep.spec import distribution_of, quantize, setting
+from blueberry.sweep.spec import distribution_of, is_finite_number, quantize, setting
 
 NEST = ".wbnest[599c28ca25da]."   # W&B's HyperParameterSet.NESTING_DELIMITER; names the Optuna params
 Path = tuple[str, ...]
@@ -213,7 +213,7 @@ class _Codec:
         if d.startswith("categorical"):
             return self.spec["values"][x]
         if d == "q_uniform":
-            return int(x * self.q) if isinstance(self.q, int) else float(x * self.q)
+            return quantize(x * self.q, self.q)
         if d in _LOG_RANGES:
             return quantize(x, self.q) if d.startswith("q_") else x
         if d in ("normal", "q_normal", "log_normal", "q_log_normal"):
@@ -226,7 +226,7 @@ class _Codec:
         d = self.dist
         if d.startswith("categorical"):
             return self.keys.index(canonical(v))
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        if not is_finite_number(v):
             raise ValueError(v)
         if d == "int_uniform":
             if not float(v).is_integer():
@@ -302,7 +302,7 @@ class BayesProposer:
         except (KeyError, TypeError, ValueError):
             self.skipped += 1
             return
-        ok = _finite(value)
+        ok = is_finite_number(value)
         state = State.RUNNING if running else State.COMPLETE if ok else State.FAIL
         self.study.add_trial(self._optuna.trial.create_trial(
             params=internal, distributions=self.distributions, state=state,
@@ -317,14 +317,10 @@ class BayesProposer:
 
     def tell(self, trial_key: int, value: float | None) -> None:
         """The trial's final metric value; None (or NaN) for a failed trial."""
-        if _finite(value):
+        if is_finite_number(value):
             self.study.tell(trial_key, float(value))
         else:
             self.study.tell(trial_key, state=self._optuna.trial.TrialState.FAIL)
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # --- the runner's entry point --------------------------------------------------------------------
@@ -354,10 +350,10 @@ def target_reached(config: Mapping[str, Any], finished: Sequence[tuple[Mapping[s
     """Whether a finished trial reached metric.target (then W&B starts no new run)."""
     metric = config.get("metric") or {}
     target = metric.get("target")
-    if not _finite(target):
+    if not is_finite_number(target):
         return False
     maximize = metric.get("goal") == "maximize"
-    return any(_finite(v) and (v >= target if maximize else v <= target) for _, v in finished)
+    return any(is_finite_number(v) and (v >= target if maximize else v <= target) for _, v in finished)
 
 
 def next_params(config: Mapping[str, Any], finished: Sequence[tuple[Mapping[str, Any], float | None]],

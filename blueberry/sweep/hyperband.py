@@ -21,6 +21,8 @@ import math
 from collections.abc import Collection, Hashable, Mapping, Sequence
 from typing import Any
 
+from blueberry.sweep.spec import is_finite_number
+
 
 def hyperband_bands(early_terminate: Mapping[str, Any]) -> list[int]:
     """The iterations at which runs are judged, smallest first."""
@@ -43,8 +45,7 @@ def hyperband_bands(early_terminate: Mapping[str, Any]) -> list[int]:
 def _oriented(history: Sequence[Any], goal: str) -> list[float]:
     """The valid values of a history, negated under maximize so that lower is always better."""
     sign = -1.0 if goal == "maximize" else 1.0
-    return [sign * float(v) for v in history
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    return [sign * float(v) for v in history if is_finite_number(v)]
 
 
 def _oriented_thresholds(oriented: list[list[float]], bands: Sequence[int], eta: float) -> list[float]:
@@ -54,22 +55,6 @@ def _oriented_thresholds(oriented: list[list[float]], bands: Sequence[int], eta:
         values = sorted(h[band - 1] for h in oriented if len(h) >= band)
         out.append(values[int(r * len(values))] if values else math.inf)
     return out
-
-
-def band_thresholds(histories: Sequence[Sequence[Any]], bands: Sequence[int], eta: float,
-                    goal: str = "minimize") -> list[float]:
-    """Per band, the value a run must be at least as good as; inf (-inf under maximize) where no
-    run reached the band."""
-    sign = -1.0 if goal == "maximize" else 1.0
-    return [sign * t for t in _oriented_thresholds([_oriented(h, goal) for h in histories], bands, eta)]
-
-
-def should_stop(run_history: Sequence[Any], all_histories: Sequence[Sequence[Any]], *,
-                bands: Sequence[int], eta: float, goal: str = "minimize", strict: bool = True) -> bool:
-    """Whether a running run with this metric history is stopped now; `all_histories` are every
-    run's histories (this one included), as W&B ranks a band over all runs of the sweep."""
-    thresholds = _oriented_thresholds([_oriented(h, goal) for h in all_histories], bands, eta)
-    return _stops(_oriented(run_history, goal), bands, thresholds, strict)
 
 
 def _stops(history: list[float], bands: Sequence[int], thresholds: list[float], strict: bool) -> bool:

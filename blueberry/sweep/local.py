@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from blueberry import rundir
+from blueberry.errors import EXIT_PREEMPTED
 from blueberry.sweep.command import apply_overrides, args_json, build_command
 from blueberry.sweep.hyperband import runs_to_stop
 from blueberry.sweep.spec import sweep_options
@@ -27,7 +28,6 @@ from blueberry.sweep.state import SweepDir, Trial
 
 POLL_S = 2.0
 STOP_GRACE_S = 120.0          # a SIGTERMed trainer checkpoints at the end of its current step
-EXIT_PREEMPTED = 75           # blueberry.train.trainer.EXIT_PREEMPTED (not imported: no torch here)
 
 
 @dataclass
@@ -39,11 +39,12 @@ class Running:
 
 
 class LocalRunner:
-    def __init__(self, sweep: SweepDir, *, workers: int = 1, count: int | None = None,
-                 overrides: list[str] = (), show=None, poll_s: float = POLL_S):
+    def __init__(self, sweep: SweepDir, *, workers: int = 1, count: int | None = None, show=None,
+                 poll_s: float = POLL_S):
+        """`show(trials)` is called with every trial after each poll (the live display)."""
         self.sweep, self.workers, self.count, self.poll_s = sweep, workers, count, poll_s
-        self.overrides = list(overrides)
-        self.show = show or (lambda trials, running: None)
+        self.overrides = list(sweep.meta.get("overrides", []))   # the sweep dir's, checked when it was opened
+        self.show = show or (lambda trials: None)
         self.running: dict[str, Running] = {}
         self.started = 0
         self.shutdown: int | None = None
@@ -65,12 +66,14 @@ class LocalRunner:
                 if not self.running:
                     break
                 self._poll()
-                self.show(self.sweep.trials(), set(self.running))
+                trials = self.sweep.trials()   # one read per poll, for hyperband and the display
+                self._hyperband(trials)
+                self.show(trials)
                 time.sleep(self.poll_s)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        self.show(self.sweep.trials(), set())
+        self.show(self.sweep.trials())
         return 128 + self.shutdown if self.shutdown else 0
 
     def _on_signal(self, signum, _frame) -> None:
@@ -113,13 +116,12 @@ class LocalRunner:
         now = time.time()
         for r in list(self.running.values()):
             r.trial.heartbeat = now
-            self._read_history(r.trial)
             code = r.process.poll()
             if code is not None:
                 self._finish(r, code)
             else:
+                self._read_history(r.trial)
                 self.sweep.save(r.trial)
-        self._hyperband()
 
     def _finish(self, r: Running, code: int) -> None:
         trial = r.trial
@@ -141,20 +143,19 @@ class LocalRunner:
 
     def _read_history(self, trial: Trial) -> None:
         """The sweep metric as the trial's run dir logged it, one value per row that has it."""
-        runs = sorted((self.sweep.trial_dir(trial.id) / "runs").glob("*/" + rundir.METRICS),
-                      key=lambda p: p.stat().st_mtime)
-        if not runs or not self.sweep.metric:
+        run = self.sweep.newest_run_dir(trial.id)
+        if run is None or not self.sweep.metric:
             return
-        trial.run_dir = str(runs[-1].parent.relative_to(self.sweep.path))
-        values = [row[self.sweep.metric] for row in rundir.read_metrics(runs[-1].parent)
+        trial.run_dir = str(run.relative_to(self.sweep.path))
+        values = [row[self.sweep.metric] for row in rundir.read_metrics(run)
                   if isinstance(row.get(self.sweep.metric), (int, float))]
         trial.history = values
         trial.value = values[-1] if values else None
 
-    def _hyperband(self) -> None:
-        if self.shutdown:
+    def _hyperband(self, trials: list[Trial]) -> None:
+        if self.shutdown or not self.sweep.config.get("early_terminate"):
             return
-        histories = {t.id: t.history for t in self.sweep.trials()}
+        histories = {t.id: t.history for t in trials}
         histories.update({tid: r.trial.history for tid, r in self.running.items()})
         candidates = {tid for tid, r in self.running.items() if r.stopping is None}
         for tid in runs_to_stop(self.sweep.config, histories, candidates):
@@ -179,18 +180,16 @@ def _die_with_parent() -> None:
         pass
 
 
-def ranked(trials: list[Trial], goal: str) -> list[Trial]:
-    """Trials with a value, best first; the rest after them in id order."""
-    valued = [t for t in trials if t.value is not None]
-    valued.sort(key=lambda t: t.value, reverse=goal == "maximize")
-    return valued + [t for t in trials if t.value is None]
+def sweep_name(config: dict[str, Any], source: Path) -> str:
+    """The YAML's `name`, else its file name without .yaml."""
+    return str(config.get("name") or source.stem)
 
 
 def default_sweep_dir(config: dict[str, Any], source: Path, overrides: list[str]) -> Path:
     """runs/sweeps/<name>: the same YAML resumes its sweep; overrides (a smoke run) get their own."""
     import hashlib
 
-    name = str(config.get("name") or source.stem)
+    name = sweep_name(config, source)
     if overrides:
         name += "-" + hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:6]
     return Path("runs") / "sweeps" / name

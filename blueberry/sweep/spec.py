@@ -59,7 +59,8 @@ GRIDDABLE = ("constant", "categorical", "int_uniform", "q_uniform")   # grid_sea
 DEPRECATED = ("log_uniform", "inv_log_uniform", "q_log_uniform")     # params.PARAM_DEPRECATION_MAP
 
 
-def _is_number(v: Any) -> bool:
+def is_finite_number(v: Any) -> bool:
+    """A real number (not a bool), finite."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -69,12 +70,12 @@ def _is_int(v: Any) -> bool:
 
 _KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "any": (lambda v: True, "anything"),
-    "number": (_is_number, "a number"),
+    "number": (is_finite_number, "a number"),
     "int": (_is_int, "an integer"),
-    "pos": (lambda v: _is_number(v) and v > 0, "a number > 0"),
-    "nonneg": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "pos": (lambda v: is_finite_number(v) and v > 0, "a number > 0"),
+    "nonneg": (lambda v: is_finite_number(v) and v >= 0, "a number >= 0"),
     "values": (lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list"),
-    "probs": (lambda v: isinstance(v, list) and len(v) > 0 and all(_is_number(p) and p >= 0 for p in v),
+    "probs": (lambda v: isinstance(v, list) and len(v) > 0 and all(is_finite_number(p) and p >= 0 for p in v),
               "a list of numbers >= 0"),
 }
 
@@ -218,7 +219,7 @@ def _check_metric(path: str, metric: Any, add: Callable[[str, str], None]) -> bo
     for key, allowed in enums.items():
         if key in metric and metric[key] not in allowed:
             add(f"{path}.{key}", f"{metric[key]!r} is not one of {', '.join(allowed)}")
-    if "target" in metric and not _is_number(metric["target"]):
+    if "target" in metric and not is_finite_number(metric["target"]):
         add(f"{path}.target", f"{metric['target']!r} is not a number{_yaml_number_hint(metric['target'])}")
     return True
 
@@ -282,7 +283,7 @@ def _check_early_terminate(et: Any, add: Callable[[str, str], None]) -> None:
         add("early_terminate.type", f"{et['type']!r} is not one of hyperband")
     checks = {"max_iter": (_is_int, "an integer"), "min_iter": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
               # the schema says number, but W&B runs range(s)
-              "s": (_is_int, "an integer"), "eta": (lambda v: _is_number(v) and v > 1, "a number > 1"),
+              "s": (_is_int, "an integer"), "eta": (lambda v: is_finite_number(v) and v > 1, "a number > 1"),
               "strict": (lambda v: isinstance(v, bool), "true or false")}
     bad = False
     for key, (ok, what) in checks.items():
@@ -330,7 +331,7 @@ def _check_parameter(path: str, spec: Any, add: Callable[[str, str], None],
         if "value" in spec and "values" in spec:
             add(path, "has both value and values: give one")
             return None
-        if "min" in spec and "max" in spec and _is_number(spec["min"]) and _is_number(spec["max"]) \
+        if "min" in spec and "max" in spec and is_finite_number(spec["min"]) and is_finite_number(spec["max"]) \
                 and isinstance(spec["min"], int) != isinstance(spec["max"], int):
             # `wandb sweep` refuses these (_validate_config_and_fill_distribution)
             add(path, f"min {spec['min']!r} and max {spec['max']!r} are ambiguous: give both as integers "

@@ -52,6 +52,10 @@ class Trial:
     history: list[float] = field(default_factory=list)   # the sweep metric, one value per evaluation
     value: float | None = None                            # its last value (W&B's summary value)
 
+    def is_live(self, now: float) -> bool:
+        """Running in a runner that is still alive (its heartbeat is recent)."""
+        return self.status == "running" and now - self.heartbeat <= STALE_AFTER_S
+
 
 class SweepDir:
     def __init__(self, path: Path, config: dict[str, Any], meta: dict[str, Any]):
@@ -87,8 +91,8 @@ class SweepDir:
                 sweep.meta = saved
             else:
                 rundir.write_atomic(path / "sweep.yaml", yaml.safe_dump(config, sort_keys=False))
-                rundir.write_atomic(path / "sweep.json", json.dumps({**meta, "created": time.time()}, indent=2))
-                sweep.meta = json.loads((path / "sweep.json").read_text())
+                sweep.meta = {**meta, "created": time.time()}
+                rundir.write_atomic(path / "sweep.json", json.dumps(sweep.meta, indent=2))
         return sweep
 
     @contextlib.contextmanager
@@ -103,6 +107,11 @@ class SweepDir:
     # --- trials ------------------------------------------------------------------------------
     def trial_dir(self, trial_id: str) -> Path:
         return self.path / "trials" / trial_id
+
+    def newest_run_dir(self, trial_id: str) -> Path | None:
+        """The run dir a trial's command wrote last (a resumed trial may have several)."""
+        logs = sorted((self.trial_dir(trial_id) / "runs").glob("*/" + rundir.METRICS), key=lambda p: p.stat().st_mtime)
+        return logs[-1].parent if logs else None
 
     def trials(self) -> list[Trial]:
         found = []
@@ -122,7 +131,7 @@ class SweepDir:
             trials = self.trials()
             now = time.time()
             for t in trials:
-                if t.status == "running" and now - t.heartbeat > STALE_AFTER_S:
+                if t.status == "running" and not t.is_live(now):
                     t.status = "interrupted"
                     self.save(t)
             owner = {"host": socket.gethostname(), "pid": os.getpid(), "job": rundir.slurm_job_tag()}
