@@ -115,6 +115,12 @@ def test_muon_lr_is_checked_against_its_own_peak(tmp_path):
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     w = only(analyse(load_runs([path]).runs), "muon", "schedule")
     assert w.message.startswith("muon_lr")
+    # muon_lr decaying on its own peak 0.02 (not lr's 1e-3) ends where cosine should: no warning
+    for r in rows:
+        if "lr" in r:
+            r["muon_lr"] = cosine_lr(r["step"], 0.02, 100, 5, 0.1)
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert "schedule" not in kinds(analyse(load_runs([path]).runs), "muon")
 
 
 def test_repeated_data_leakage_and_collapse(tmp_path):
@@ -149,7 +155,7 @@ def test_train_val_gap_for_lm_and_for_scanline(tmp_path):
     make_run(tmp_path, "cls-gap", task="scanline", gap_accuracy=0.3)
     make_run(tmp_path, "cls-ok", task="scanline", gap_accuracy=0.02)
     a = analyse(load_runs([tmp_path]).runs, metric="val/loss")
-    assert "0.5" in only(a, "lm-gap", "gap").message
+    assert "= 0.5 > 0.1" in only(a, "lm-gap", "gap").message
     assert "balanced_accuracy 0.3" in only(a, "cls-gap", "gap").message
     assert "gap" not in kinds(a, "cls-ok")
 

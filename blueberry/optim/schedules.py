@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:   # torch only where a scheduler is built: lr_factor serves torch-free reports too
+    import torch
 
 
 def _progress(step: int, cfg: Any) -> float:
@@ -81,6 +82,8 @@ class WarmupThenPlateau:
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: Any, mode: str):
+        import torch
+
         self.warmup_steps = cfg.warmup_steps
         self.warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
         self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -113,6 +116,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Any,
     scheduler's state_dict holds no config object and loads with torch.load(weights_only=True).
     `mode` ("min"/"max") is the direction of the metric a plateau schedule watches.
     """
+    import torch
+
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"schedule={cfg.schedule!r}: must be one of {', '.join(SCHEDULES)}")
     if cfg.schedule == "plateau":

@@ -11,11 +11,14 @@ import json
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
+from blueberry.config import RunConfig
 from blueberry.errors import UserError
+from blueberry.optim.schedules import SCHEDULES, lr_factor
 from blueberry.report.load import Run
 
 NOISE_RULE = ("configs differ only when |Δmean| ≥ 2·sqrt(s_A²/n_A + s_B²/n_B), s = the config's std over "
@@ -33,7 +36,6 @@ GAP_ACCURACY = 0.10       # train accuracy − val accuracy at the end (scanline
 LR_END_TOL = 0.05         # |final LR / peak − configured end ratio| beyond this: schedule not completed
 COLLAPSE_SHARE = 0.25     # moe/min_share (smallest expert's token share × E) below this: collapsed
 DIVERGE_RATIO = 1.2       # train loss at the end above 1.2 × its first value: diverged
-END_RATIOS = {"cosine": None, "linear": None, "wsd": None, "constant": 1.0}   # None: min_lr_ratio
 
 
 def is_identity(name: str) -> bool:
@@ -137,8 +139,7 @@ def eval_points(run: Run, key: str) -> list[tuple[int, float, float | None]]:
 
 
 def train_rows(run: Run, key: str = "train/loss") -> list[tuple[int, float]]:
-    return sorted((int(r["step"]), float(r[key])) for r in run.rows
-                  if key in r and "step" in r and isinstance(r[key], (int, float)))
+    return [(s, v) for s, v, _ in eval_points(run, key)]
 
 
 def _last(run: Run, key: str) -> Any:
@@ -363,19 +364,12 @@ def check_gap(run: Run) -> list[HealthWarning]:
     return []
 
 
-def check_schedule(run: Run) -> list[HealthWarning]:
+def check_schedule(run: Run, st: RunStats) -> list[HealthWarning]:
     """A run that stopped before max_steps, or a final logged LR far from the configured end LR.
 
-    The expected end LR is computed here from `schedule` and `min_lr_ratio` (peak × min_lr_ratio for
-    cosine/linear/wsd, the peak for constant; plateau is not checked): blueberry.optim.schedules
-    imports torch at module level, which a report must not.
+    The expected end LR is the trainer's lr_factor at the last step (plateau is not checked).
     """
-    cfg, summ = run.config, run.summary
-    max_steps = summ.get("max_steps", cfg.get("max_steps"))
-    step = summ.get("step")
-    if step is None:
-        step = max((r["step"] for r in run.rows if "step" in r), default=None)
-    status = summ.get("status")
+    cfg, max_steps, step, status = run.config, st.max_steps, st.steps, run.summary.get("status")
     out = []
     if max_steps and step is not None and (step < max_steps or (status and status != "finished")):
         why = {"early_stopped": "early stopping", "stopped": "stop_at_step", "preempted": "preemption",
@@ -387,14 +381,14 @@ def check_schedule(run: Run) -> list[HealthWarning]:
             step=step))
         return out
     schedule = cfg.get("schedule")
-    if schedule not in END_RATIOS:
+    if schedule not in SCHEDULES or schedule == "plateau" or not max_steps:   # plateau's end depends on the run
         return out
-    end = END_RATIOS[schedule]
-    end = float(cfg.get("min_lr_ratio", 0.1)) if end is None else end
     warmup = int(cfg.get("warmup_steps") or 0)
-    if max_steps and warmup >= max_steps:
+    if warmup >= max_steps:
         return [HealthWarning(run.name, "schedule", f"warmup_steps {warmup} ≥ max_steps {max_steps}: "
                               "the run never left warmup", step=step)]
+    # the trainer's own formula at the last step, with the run's fields over the defaults
+    end = lr_factor(max_steps - 1, SimpleNamespace(**{**RunConfig().to_dict(), **cfg, "max_steps": max_steps}))
     peaks = {"lr": cfg.get("lr")}
     if cfg.get("optimizer") == "muon":
         peaks["muon_lr"] = cfg.get("muon_lr")
@@ -414,8 +408,8 @@ def check_schedule(run: Run) -> list[HealthWarning]:
     return out
 
 
-def check_epochs(run: Run) -> list[HealthWarning]:
-    epochs = run.summary.get("epochs", _last(run, "epochs"))
+def check_epochs(run: Run, st: RunStats) -> list[HealthWarning]:
+    epochs = st.epochs
     if not finite(epochs) or epochs <= 1.0 + 1e-9:
         return []
     lm = run.task != "scanline"   # classifiers train for many epochs by design; an LM should not repeat text
@@ -471,8 +465,8 @@ def check_divergence(run: Run, spec: MetricSpec) -> list[HealthWarning]:
 
 
 def health_warnings(run: Run, st: RunStats, spec: MetricSpec) -> list[HealthWarning]:
-    return (check_divergence(run, spec) + check_rise(run, st, spec) + check_gap(run) + check_schedule(run)
-            + check_epochs(run) + check_leakage(run) + check_collapse(run))
+    return (check_divergence(run, spec) + check_rise(run, st, spec) + check_gap(run) + check_schedule(run, st)
+            + check_epochs(run, st) + check_leakage(run) + check_collapse(run))
 
 
 # --- LR recommendation ---------------------------------------------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +30,6 @@ class ReportResult:
     files: dict[str, Path] = field(default_factory=dict)   # what was written: html, table_csv, ..., run:<name>
     skipped: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
-
-    @property
-    def html(self) -> Path | None:
-        return self.files.get("html")
 
 
 def default_out_dir(paths: list[str | Path]) -> Path:
@@ -64,17 +59,17 @@ def report_loaded(loaded: Loaded, out_dir: str | Path, metric: str | None = None
     out.mkdir(parents=True, exist_ok=True)
     analysis = analyse(loaded.runs, metric, loaded.sweep_metric, loaded.sweep_goal)
     result = ReportResult(out_dir=out, runs=loaded.runs, analysis=analysis, skipped=list(loaded.skipped),
-                          sources=list(sources) or [str(p) for p in loaded.sweep_dirs])
+                          sources=list(sources))
     files = result.files
+    data = analysis.to_json()
 
-    write_file(out / TABLE_CSV, table_csv(analysis))
+    rundir.write_atomic(out / TABLE_CSV, table_csv(analysis))
     files["table_csv"] = out / TABLE_CSV
-    write_file(out / TABLE_JSON, _json({"metric": analysis.metric.__dict__, "columns": analysis.columns,
-                                                 "rows": analysis.table}))
+    rundir.write_atomic(out / TABLE_JSON, _json({"metric": data["metric"], "columns": data["columns"],
+                                                 "rows": data["table"]}))
     files["table_json"] = out / TABLE_JSON
     if analysis.lr:
-        data = analysis.to_json()
-        write_file(out / LR_JSON, _json({k: data[k] for k in ("metric", "noise_rule", "noise")}
+        rundir.write_atomic(out / LR_JSON, _json({k: data[k] for k in ("metric", "noise_rule", "noise")}
                                                  | {"recommendations": data["lr_recommendation"]}))
         files["lr_json"] = out / LR_JSON
 
@@ -88,12 +83,10 @@ def report_loaded(loaded: Loaded, out_dir: str | Path, metric: str | None = None
             + (" ..." if len(result.sources) > 3 else "")
         files["html"] = write_html(out / HTML, analysis, figures[0], figures[1], title=title,
                                    sources=result.sources, skipped=result.skipped)
-    summary = analysis.to_json()
-    summary.pop("table")
-    summary.pop("columns")
+    summary = {k: v for k, v in data.items() if k not in ("table", "columns")}
     summary["skipped"] = result.skipped
     summary["files"] = {k: str(v) for k, v in files.items()} | {"summary_json": str(out / SUMMARY_JSON)}
-    write_file(out / SUMMARY_JSON, _json(summary))
+    rundir.write_atomic(out / SUMMARY_JSON, _json(summary))
     files["summary_json"] = out / SUMMARY_JSON
     return result
 
@@ -119,14 +112,6 @@ def _figures(runs: list[Run], analysis: Analysis, out: Path, per_run: bool) -> t
                                                  folder / "runs" / f"{safe_name(run.name)}.png",
                                                  subtitle=g.label if g and g.label != "all runs" else "")
     return figures, run_figures
-
-
-def write_file(path: Path, text: str) -> None:
-    """Whole or not at all (a reader never sees half a file), with the umask's permissions:
-    a report is meant to be shared."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def safe_name(name: str) -> str:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from blueberry import rundir
 from blueberry.report.analyse import Analysis, fmt
 
 CSS = """
@@ -115,5 +116,5 @@ def write_html(path: Path, analysis: Analysis, figures: dict[str, Path], run_fig
     parts.append("</body></html>")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(parts), encoding="utf-8")
+    rundir.write_atomic(path, "\n".join(parts))
     return path

@@ -7,15 +7,15 @@ never imports torch or the trainer, so a report works on a login node with a cop
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from blueberry import rundir
+from blueberry.config import read_config_file
 from blueberry.errors import UserError
+from blueberry.sweep.spec import load_sweep
+from blueberry.sweep.state import SweepDir
 
 SWEEP_FILE = "sweep.yaml"
 
@@ -57,7 +57,6 @@ class Loaded:
     runs: list[Run]
     sweep_metric: str | None = None
     sweep_goal: str | None = None               # "minimize" | "maximize"
-    sweep_dirs: list[Path] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)   # one line each: path and why
 
 
@@ -71,13 +70,7 @@ def is_sweep_dir(path: Path) -> bool:
 
 def read_run(path: Path, name: str | None = None, trial: dict | None = None, sweep: str | None = None) -> Run:
     path = Path(path)
-    config_path = path / rundir.CONFIG
-    config: dict[str, Any] = {}
-    try:
-        if config_path.exists():
-            config = yaml.safe_load(config_path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{config_path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    config = read_config_file(path / rundir.CONFIG) if (path / rundir.CONFIG).exists() else {}
     try:
         summary = rundir.read_summary(path)
     except json.JSONDecodeError:
@@ -86,24 +79,20 @@ def read_run(path: Path, name: str | None = None, trial: dict | None = None, swe
                rows=rundir.read_metrics(path), trial=trial, sweep=sweep)
 
 
-def _trial_run_dir(sweep_path: Path, trial: dict) -> Path | None:
+def _trial_run_dir(sweep: SweepDir, trial: dict) -> Path | None:
     """The run dir the sweep recorded for the trial, else the newest one under its runs/ folder."""
     if trial.get("run_dir"):
-        recorded = sweep_path / trial["run_dir"]
+        recorded = sweep.path / trial["run_dir"]
         if is_run_dir(recorded):
             return recorded
-    folder = sweep_path / "trials" / str(trial.get("id", "")) / "runs"
-    found = [p for p in folder.glob("*") if is_run_dir(p)] if folder.is_dir() else []
-    return max(found, key=lambda p: p.stat().st_mtime, default=None)
+    return sweep.newest_run_dir(str(trial.get("id", "")))
 
 
 def read_sweep(path: Path) -> tuple[list[Run], dict[str, Any], list[str]]:
     """(runs, sweep.yaml, skipped) of a `blueberry sweep local` dir; trials without a run dir are skipped."""
     path = Path(path)
-    try:
-        config = yaml.safe_load((path / SWEEP_FILE).read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{path / SWEEP_FILE}: not valid YAML ({str(e).splitlines()[0]})") from None
+    config = load_sweep(path / SWEEP_FILE) or {}
+    sweep = SweepDir(path, config, {})
     runs, skipped = [], []
     for trial_file in sorted((path / "trials").glob("t*/trial.json")):
         try:
@@ -111,7 +100,7 @@ def read_sweep(path: Path) -> tuple[list[Run], dict[str, Any], list[str]]:
         except json.JSONDecodeError:
             skipped.append(f"{trial_file}: not valid JSON")
             continue
-        run_path = _trial_run_dir(path, trial)
+        run_path = _trial_run_dir(sweep, trial)
         if run_path is None:
             skipped.append(f"{trial_file.parent}: no run dir (trial {trial.get('status', '?')})")
             continue
@@ -137,7 +126,6 @@ def load_runs(paths: list[str | Path], metric: str | None = None) -> Loaded:
         runs, config, skipped = read_sweep(p)
         loaded.runs.extend(runs)
         loaded.skipped.extend(skipped)
-        loaded.sweep_dirs.append(p)
         sweep_configs.append((p, config))
 
     for raw in paths:
@@ -271,7 +259,7 @@ def run_from_wandb(api_run: Any, history: list[dict[str, Any]]) -> Run:
         "task": config.get("task"), "name": config.get("name") or api_run.name,
         "step": rows[-1]["step"] if rows else None, "max_steps": config.get("max_steps"),
         "best": best, "final": last,
-        "wall_time_s": last.get("time", wsum.get("_runtime")),
+        "wall_time_s": last.get("time", dict(api_run.summary).get("_runtime")),   # wsum drops _ keys
         "params": {k.split("/", 1)[1]: v for k, v in wsum.items() if str(k).startswith("params/")},
         "data": {k.split("/", 1)[1]: v for k, v in wsum.items() if str(k).startswith("data/")},
         "unit": unit, f"{unit}_seen": last.get(f"{unit}_seen"), "epochs": last.get("epochs"),
@@ -282,4 +270,4 @@ def run_from_wandb(api_run: Any, history: list[dict[str, Any]]) -> Run:
 
 
 def _is_scalar(v: Any) -> bool:
-    return isinstance(v, (int, float, str, bool)) or v is None or (isinstance(v, float) and math.isnan(v))
+    return isinstance(v, (int, float, str, bool)) or v is None

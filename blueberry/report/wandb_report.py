@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from blueberry import rundir
 from blueberry.errors import UserError
 
 # What an LR/optimizer study varies; used when the swept parameters cannot be asked from W&B.
@@ -29,7 +30,6 @@ class WandbReportResult:
     curve: str                        # history key of the line plots
     params: list[str]
     notes: list[str] = field(default_factory=list)
-    report: Any = None                # the wandb_workspaces.reports.v2.Report
 
     @property
     def message(self) -> str:
@@ -83,7 +83,7 @@ def build_wandb_report(project: str, entity: str | None = None, sweep: str | Non
     report = make_report(project, entity, sweep=sweep, group=group, metric=metric, curve=curve, params=params,
                          title=title, online=online)
     result = WandbReportResult(url=None, spec_path=None, offline_reason=reason, metric=metric, curve=curve,
-                               params=list(params), notes=notes, report=report)
+                               params=list(params), notes=notes)
     if online:
         try:
             report.save()
@@ -97,7 +97,7 @@ def build_wandb_report(project: str, entity: str | None = None, sweep: str | Non
         spec = {"format": SPEC_FORMAT, "entity": entity, "project": project, "sweep": sweep, "group": group,
                 "metric": metric, "curve": curve, "params": list(params), "offline_reason": result.offline_reason,
                 "notes": notes, "report": report_spec(report)}
-        path.write_text(json.dumps(spec, indent=2, default=str) + "\n")
+        rundir.write_atomic(path, json.dumps(spec, indent=2, default=str) + "\n")
         result.spec_path = path
     return result
 
