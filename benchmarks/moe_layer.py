@@ -4,10 +4,12 @@
     python -m benchmarks.moe_layer --tokens 16384 --iters 50 --device cuda --dtype bf16
 
 Contestants, all with the same weights and the same routing (softmax top-k, renormalised):
-  blueberry      blueberry.models.moe.MoE: router, assignments sorted by expert, one grouped GEMM
-                 per projection (torch._grouped_mm), index_add back. Its path everywhere.
-  blueberry-loop the same layer forced onto its fallback path (Experts.grouped = False): the sorted
-                 rows, one `.tolist()` of the offsets, then each expert's three GEMMs back to back.
+  blueberry      blueberry.models.moe.MoE on the device's default path (grouped_by_default): the
+                 grouped GEMM on a GPU, the per-expert loop on the CPU.
+  blueberry-grouped  forced onto the grouped path (Experts.grouped = True): router, assignments sorted
+                 by expert, one grouped GEMM per projection (torch._grouped_mm), index_add back.
+  blueberry-loop forced onto the loop (Experts.grouped = False): the sorted rows, one `.tolist()` of
+                 the offsets, then each expert's three GEMMs back to back.
   mask-loop      blueberry-llm's dispatch, written here: per expert a boolean mask of its tokens, and
                  `if mask.any()` before running it on x[mask] (a host sync per expert on a GPU).
   hf-grouped_mm  transformers' MixtralSparseMoeBlock with its default experts implementation.
@@ -122,8 +124,8 @@ def contestants(cfg: LMConfig, n_tokens: int) -> dict[str, tuple[nn.Module, torc
         def forward(self, x):
             return self.moe(x)[0]
 
-    out = {"blueberry": (Ours(moe), x), "blueberry-loop": (Ours(copy.deepcopy(moe), grouped=False), x),
-           "mask-loop": (MaskLoopMoE(moe), x)}
+    out = {"blueberry": (Ours(moe), x), "blueberry-grouped": (Ours(copy.deepcopy(moe), grouped=True), x),
+           "blueberry-loop": (Ours(copy.deepcopy(moe), grouped=False), x), "mask-loop": (MaskLoopMoE(moe), x)}
     try:
         out["hf-grouped_mm"] = (mixtral_block(moe, cfg, "grouped_mm"), x)
         out["hf-eager"] = (mixtral_block(moe, cfg, "eager"), x)
@@ -184,7 +186,8 @@ def bench_shape(cfg: LMConfig, args, device: torch.device, dtype: torch.dtype) -
         results[name]["time_over_blueberry"] = paired(name, "blueberry")
     ratios = {"ours_over_ideal_time": paired("blueberry", "ideal"),
               "speedup_vs_mask_loop": paired("mask-loop", "blueberry"),
-              "speedup_vs_blueberry_loop": paired("blueberry-loop", "blueberry")}
+              "speedup_vs_blueberry_loop": paired("blueberry-loop", "blueberry"),
+              "speedup_vs_blueberry_grouped": paired("blueberry-grouped", "blueberry")}
     for name in ("hf-grouped_mm", "hf-eager"):
         if name in results:
             ratios[f"speedup_vs_{name}"] = paired(name, "blueberry")
@@ -242,7 +245,8 @@ def main(argv=None) -> None:
                      for name, r in out["results"].items()])
         ratios = out["ratios"]
         line = f"blueberry/ideal time {ratios['ours_over_ideal_time']:.3f}; blueberry vs mask-loop " \
-               f"{ratios['speedup_vs_mask_loop']:.2f}x"
+               f"{ratios['speedup_vs_mask_loop']:.2f}x, vs its forced grouped path " \
+               f"{ratios['speedup_vs_blueberry_grouped']:.2f}x, loop {ratios['speedup_vs_blueberry_loop']:.2f}x"
         if "speedup_vs_hf-grouped_mm" in ratios:
             line += f", vs hf-grouped_mm {ratios['speedup_vs_hf-grouped_mm']:.2f}x, vs hf-eager " \
                     f"{ratios['speedup_vs_hf-eager']:.2f}x"

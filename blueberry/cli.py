@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from blueberry.config import (TASK_CONFIGS, RunConfig, dump_yaml, field_map, load_preset, parse_recipe,
-                              preset_names, preset_task, read_config_file, resolve)
+from blueberry.config import (TASK_CONFIGS, RunConfig, changed_run_fields, dump_yaml, field_map, load_preset,
+                              parse_recipe, preset_names, preset_task, read_config_file, resolve)
 from blueberry.errors import UserError
 
 
@@ -19,17 +19,31 @@ class Blueberry(click.Group):
     def main(self, args=None, prog_name=None, **kwargs):
         try:
             code = super().main(args, prog_name, standalone_mode=False, **kwargs)
-        except click.exceptions.Abort:
+        except click.exceptions.Abort as e:
+            if isinstance(e.__context__, EOFError):   # click turns any EOFError into Abort
+                raise e.__context__ from None
             click.echo("error: aborted", err=True)
             sys.exit(130)
         except click.ClickException as e:
+            if isinstance(e, click.NoSuchOption):
+                _suggest_field(e)
             where = f"{e.ctx.command_path}: " if getattr(e, "ctx", None) else ""
             click.echo(f"error: {where}{' '.join(e.format_message().split())}", err=True)
             sys.exit(e.exit_code)
         except UserError as e:
             click.echo(f"error: {e}", err=True)
-            sys.exit(2)
+            sys.exit(e.exit_code)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _suggest_field(e: click.NoSuchOption) -> None:
+    """`--learning_rate`: suggest --lr (what users mean), not click's closest spelling (--leak_ngram)."""
+    from blueberry.config import ALIASES
+
+    alias = ALIASES.get(e.option_name.lstrip("-").replace("-", "_"))
+    options = {o for p in (e.ctx.command.params if e.ctx else []) for o in p.opts}
+    if alias and f"--{alias}" in options:
+        e.possibilities = [f"--{alias}"]
 
 
 @click.group(cls=Blueberry, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -76,39 +90,80 @@ def _make_train_command(task: str, cls: type[RunConfig]):
                   help="Field overrides as one mapping, e.g. \"{optimizer: muon, muon_lr: 0.01}\": a study's "
                        "named variant, as a sweep passes a dict-valued parameter. Applied over --config.")
     @click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
+    @click.option("--allow-changed", "allow_changed", default=None, metavar="FIELD,...",
+                  help="With --resume: let these fields that define the model, data, split or tokenizer differ "
+                       "from the run's config.yaml (refused otherwise); recorded in summary.json.")
     @config_options(cls)
-    def command(config_file, recipe, print_config, **options):
+    def command(config_file, recipe, print_config, allow_changed, **options):
         cli_values = {k: v for k, v in options.items() if v is not None}
-        cfg, resume_ckpt = resolve_train_config(cls, cli_values, config_file, parse_recipe(recipe) if recipe else None)
+        cfg, resume_ckpt, changes = resolve_train_config(cls, cli_values, config_file,
+                                                         parse_recipe(recipe) if recipe else None, allow_changed)
         if print_config:
-            click.echo(dump_yaml(cfg), nl=False)
+            from blueberry.tasks.sizes import sizes_comment   # builds the model on the meta device
+
+            click.echo(dump_yaml(cfg) + sizes_comment(cfg), nl=False)
             return 0
-        return run_training(cfg, resume_ckpt)
+        return run_training(cfg, resume_ckpt, changes)
     return command
 
 
-def resolve_train_config(cls: type[RunConfig], cli_values: dict, config_file: str | None, recipe: dict | None = None):
-    """The config to train and, when resuming, the checkpoint: a resumed run starts from its saved
-    config.yaml, with the file, recipe and explicit options on top."""
+def resolve_train_config(cls: type[RunConfig], cli_values: dict, config_file: str | None, recipe: dict | None = None,
+                         allow_changed: str | None = None):
+    """(config to train, checkpoint to resume or None, allowed changes {field: [old, new]}): a resumed
+    run starts from its saved config.yaml, with the file, recipe and explicit options on top; a change
+    to a field that defines the run is refused unless `allow_changed` names it."""
+    from blueberry.train.artifacts import fetch_model_artifact, is_artifact_reference
     from blueberry.train.checkpoint import find_resume_checkpoint
+    from blueberry.train.tracking import notice, requeued_run_dir
 
     file_values = read_config_file(config_file) if config_file else {}
     cfg = resolve(cls, file_values=file_values, recipe=recipe, cli_values=cli_values, source=config_file or "config")
+    allowed = [f.strip() for f in (allow_changed or "").split(",") if f.strip()]
+    for name in allowed:
+        if name not in cls.defines_run:
+            raise UserError(f"--allow-changed {name}: not a field that defines the run; those are "
+                            f"{', '.join(cls.defines_run)}")
+    if cfg.resume and is_artifact_reference(cfg.resume):   # entity/project/model-ID:alias: download a run dir
+        cfg.resume = str(fetch_model_artifact(cfg.resume, "resume", Path(cfg.out_dir) / "artifacts"))
+    if not cfg.resume and (requeued := requeued_run_dir(cfg.out_dir)):   # W&B's sweep re-ran a preempted trial
+        notice(f"W&B run {os.environ['WANDB_RUN_ID']} was preempted: resuming {requeued}")
+        cfg.resume = str(requeued)
     ckpt = find_resume_checkpoint(cfg.resume, cfg.out_dir, cfg.name) if cfg.resume else None
     if ckpt is None:
-        return cfg, None
-    saved = read_config_file(ckpt.parent.parent / "config.yaml")
+        if allowed and cfg.resume != "auto":
+            raise UserError("--allow-changed: only applies with --resume")
+        return cfg, None, {}
+    run_dir = ckpt.parent.parent
+    saved = read_config_file(run_dir / "config.yaml")
+    if saved.get("task") != cls.task:
+        raise UserError(f"resume={cfg.resume}: {run_dir} is a {saved.get('task') or 'unknown'} run, not {cls.task}; "
+                        f"resume it with: blueberry train {saved.get('task') or 'TASK'} --resume {run_dir}")
     per_invocation = ("task", "resume", "stop_at_step")   # where this process stops is not inherited
     cfg = resolve(cls, base={k: v for k, v in saved.items() if k not in per_invocation}, file_values=file_values,
                   recipe=recipe, cli_values=cli_values, source=config_file or "config")
-    return cfg, ckpt
+    changes = changed_run_fields(cls, saved, cfg)
+    refused = [name for name in changes if name not in allowed]
+    if refused:
+        raise UserError(f"resume={cfg.resume}: {', '.join(f'{n} {changes[n][0]!r} -> {changes[n][1]!r}' for n in refused)}"
+                        f" would change what {run_dir.name} is (its model, data, split or tokenizer); drop "
+                        f"{'that option' if len(refused) == 1 else 'those options'}, or pass --allow-changed "
+                        f"{','.join(refused)} to continue anyway (recorded in summary.json)")
+    return cfg, ckpt, changes
 
 
-def run_training(cfg: RunConfig, resume_ckpt: Path | None) -> int:
+def run_training(cfg: RunConfig, resume_ckpt: Path | None, allowed_changes: dict | None = None) -> int:
+    from blueberry.rundir import ensure_writable_dir
+
+    # Before any import or data work: a run that cannot be recorded must not start.
+    if resume_ckpt is None:
+        ensure_writable_dir(cfg.out_dir, "out_dir")
+    else:
+        ensure_writable_dir(resume_ckpt.parent.parent, "resume")
+
     from blueberry.tasks import load_task
     from blueberry.train.trainer import train as train_task
 
-    _, code = train_task(cfg, load_task(cfg.task), resume_ckpt)
+    _, code = train_task(cfg, load_task(cfg.task), resume_ckpt, allowed_changes)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # torch's gloo teardown aborts at interpreter exit in ~1 of 4 two-rank runs after all work
         # is done (NOTES.md); leave without running it.
@@ -128,7 +183,8 @@ for _task, _cls in TASK_CONFIGS.items():
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--split", default="test", show_default=True, help="Split to evaluate (scanline: val or test; lm: val).")
+@click.option("--split", default=None, help="Split to evaluate (scanline: val, test or train; lm: val). "
+                                             "Default: test when the run has a test split, else val.")
 @click.option("--checkpoint", "which", default="best", show_default=True,
               help="best, latest, or a checkpoint dir of the run.")
 def evaluate(run_dir, split, which):
@@ -139,6 +195,7 @@ def evaluate(run_dir, split, which):
     from blueberry.train.evaluate import evaluate_run
 
     metrics, path = evaluate_run(run_dir, split, which)
+    split = path.stem.removeprefix("eval-")
     table = Table(title=f"{Path(run_dir).name} — {split} ({which} checkpoint)")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -147,6 +204,39 @@ def evaluate(run_dir, split, which):
             table.add_row(name, f"{value:.4f}")
     Console().print(table)
     click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.option("--preset", default="lm-tiny", show_default=True, help="LM preset whose model to size.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="YAML file of field: value, applied over the preset.")
+@click.option("--world-size", type=click.IntRange(min=1), default=8, show_default=True, help="Ranks to shard over.")
+@click.option("--vocab-size", type=click.IntRange(min=1), default=None,
+              help="Vocabulary size (default: the config's tokenizer, which must then be bpe:N or cached).")
+def memory(preset, config_file, world_size, vocab_size):
+    """Estimate per-rank bytes of parameters, gradients and optimizer state under DDP and FSDP2."""
+    from blueberry.config import LMConfig
+    from blueberry.memory import estimate_table
+
+    cfg = resolve(LMConfig, file_values=read_config_file(config_file) if config_file else {},
+                  cli_values={"preset": preset}, source=config_file or "config")
+    click.echo(estimate_table(cfg, world_size, vocab_size))
+
+
+@main.group()
+def checkpoint():
+    """Work with a run's checkpoints."""
+
+
+@checkpoint.command()
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.option("--checkpoint", "which", default="latest", show_default=True,
+              help="latest or best of the run dir PATH (ignored when PATH is a checkpoint dir).")
+def consolidate(path, which):
+    """Write an FSDP run's sharded checkpoint as one ordinary CHECKPOINT/model.safetensors."""
+    from blueberry.train.sharded import consolidate_path
+
+    click.echo(f"wrote {consolidate_path(Path(path), which)}")
 
 
 @main.group()
@@ -169,6 +259,7 @@ def _load_valid_sweep(path: str) -> dict:
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def validate(files):
     """Check sweep YAMLs against W&B's sweep spec and the options of the command they run."""
+    from blueberry.sweep.objective import objective_line
     from blueberry.sweep.spec import load_sweep, sweep_warnings, validate_sweep
 
     problems = []
@@ -179,13 +270,14 @@ def validate(files):
         for line in found + sweep_warnings(config, source=path):
             click.echo(line, err=True)
         if not found:
-            click.echo(f"{path}: ok")
+            objective = objective_line(config)
+            click.echo(f"{path}: ok" + (f"; {objective}" if objective else ""))
     return 2 if problems else 0
 
 
 @sweep.command()
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--project", default=None, help="W&B project (default: the YAML's project).")
+@click.option("--project", default=None, help="W&B project (default: the YAML's project, else blueberry, the trainer's).")
 @click.option("--entity", default=None, help="W&B entity (default: the YAML's, else yours).")
 def create(file, project, entity):
     """Register a sweep with W&B (needs the server); prints its id and the agent command."""
@@ -218,22 +310,42 @@ def agent(sweep_id, count):
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random/bayes proposals.")
 @click.option("--report/--no-report", "write_report", default=True, show_default=True,
               help="When the sweep ends, write its report (HTML, CSV, JSON, figures) to SWEEP_DIR/report.")
-def local(file, workers, count, sweep_dir, overrides, seed, write_report):
-    """Run a sweep YAML here, no W&B server: trials as subprocesses, state in the sweep dir."""
+@click.option("--launch-config", type=click.Path(dir_okay=False, exists=True), default=None, metavar="FILE",
+              help="Accelerate config to use instead of the one the command names (accelerate launch --config_file), "
+                   "e.g. launch/cpu-2proc.yaml to smoke-test a GPU sweep here.")
+def local(file, workers, count, sweep_dir, overrides, seed, write_report, launch_config):
+    """Run a sweep YAML here, no W&B server: trials as subprocesses started from this directory (as
+    `wandb agent` starts them), state and run dirs in the sweep dir. Exits 1 when a trial failed."""
     from blueberry.sweep.display import SweepDisplay
-    from blueberry.sweep.local import LocalRunner, default_sweep_dir, sweep_name
+    from blueberry.sweep.local import LocalRunner, default_sweep_dir, kill_delay, sweep_name, with_launch_config
     from blueberry.sweep.state import SweepDir
+    from blueberry.sweep.trial_options import check_overrides
 
     config = _load_valid_sweep(file)
     overrides = list(overrides)
+    check_overrides(config, overrides)   # before the sweep dir or any trial exists
+    if launch_config:
+        from blueberry.sweep.command import sweep_command
+
+        with_launch_config([str(c) for c in sweep_command(config)], launch_config)
     path = Path(sweep_dir) if sweep_dir else default_sweep_dir(config, Path(file), overrides)
+    from blueberry.rundir import ensure_writable_dir
+
+    ensure_writable_dir(path if path.exists() else path.parent, "--dir")   # before any trial starts
+    kill_delay()   # a bad WANDB_AGENT_KILL_DELAY is refused before the sweep dir exists, as the agent refuses it
     state = SweepDir.open(path, config, name=sweep_name(config, Path(file)), overrides=overrides,
-                          seed=seed)
+                          seed=seed, launch_config=launch_config)
     click.echo(f"sweep dir {path}", err=True)
-    display = SweepDisplay(state.name, state.metric, state.goal)
+    display = SweepDisplay(state.name, state.metric, state.goal, overrides)
     code = LocalRunner(state, workers=workers, count=count, show=display).run()
-    display.close(state.trials())
-    if write_report and code == 0:   # an interrupted sweep is resumed, and reported, later
+    trials = state.trials()
+    display.close(trials)
+    failed = [t for t in trials if t.status == "failed"]
+    if failed:
+        click.echo(f"error: {len(failed)} of {len(trials)} trials failed: "
+                   + ", ".join(f"{t.id} (exit {t.exit_code})" for t in failed[:5]) + (" ..." if len(failed) > 5 else "")
+                   + f"; their output: {path}/trials/TRIAL/output.log", err=True)
+    if write_report and code in (0, 1):   # an interrupted sweep is resumed, and reported, later
         report_sweep(state)
     return code
 
@@ -298,6 +410,8 @@ def submit(kind, nodes, gpus, procs, time_limit, partition, account, array, job_
     env = {k: v for k, v in {"GPUS": gpus, "CPU_PROCS": procs, "TASK": task, "MODE": mode}.items() if v is not None}
     if kind == "sweep" and mode != "wandb" and not args:
         raise UserError("slurm submit sweep: give the sweep YAML after --, e.g. -- sweeps/moe-lr-search.yaml")
+    if kind in ("train", "multinode"):
+        check_train_args(task or "lm", list(args), f"slurm submit {kind}")
     script = slurm_jobs.render(kind, sbatch, env, list(args))
     if dry_run:
         click.echo(script, nl=False)
@@ -305,6 +419,27 @@ def submit(kind, nodes, gpus, procs, time_limit, partition, account, array, job_
     job = slurm_jobs.submit(kind, script, Path.cwd())
     click.echo(f"submitted {kind} job {job}")
     click.echo("logs in logs/, run dirs in runs/; follow with: blueberry slurm status", err=True)
+
+
+def check_train_args(task: str, args: list[str], where: str) -> None:
+    """Parse and resolve `blueberry train TASK ARGS` as the job will, without training: a typo fails
+    here, at once, not in the queue hours later."""
+    command = train.commands[task]
+    try:
+        ctx = command.make_context(f"train {task}", list(args))
+    except click.UsageError as e:
+        if isinstance(e, click.NoSuchOption):
+            _suggest_field(e)
+        raise UserError(f"{where}: the job's options: {' '.join(e.format_message().split())}") from None
+    params = dict(ctx.params)
+    cls = TASK_CONFIGS[task]
+    cli_values = {k: v for k, v in params.items() if v is not None and k in field_map(cls)}
+    try:
+        file_values = read_config_file(params["config_file"]) if params.get("config_file") else {}
+        resolve(cls, file_values=file_values, recipe=parse_recipe(params["recipe"]) if params.get("recipe") else None,
+                cli_values=cli_values, source=params.get("config_file") or "config")
+    except UserError as e:
+        raise UserError(f"{where}: the job's options: {e}") from None
 
 
 @slurm.command()
@@ -379,7 +514,10 @@ def report():
               help="A 4-panel figure per run (val loss vs time and step, accuracy, LR).")
 def report_paths(paths, out_dir, metric, wandb_project, sweep_id, group, per_run_figures):
     from blueberry.report.build import build_report, print_report, report_loaded
+    from blueberry.rundir import ensure_writable_dir
 
+    if out_dir:   # before reading any run: a report that cannot be written is not worth building
+        ensure_writable_dir(out_dir, "--out")
     if wandb_project:
         if paths:
             raise UserError("report: give PATHs or --wandb ENTITY/PROJECT, not both")
@@ -398,24 +536,28 @@ def report_paths(paths, out_dir, metric, wandb_project, sweep_id, group, per_run
 
 
 @report.command(name="wandb-report")
-@click.option("--project", required=True, metavar="NAME", help="W&B project.")
+@click.option("--project", default=None, metavar="NAME",
+              help="W&B project. Default: the --sweep-file's project:, else blueberry (the trainer's).")
 @click.option("--entity", default=None, metavar="NAME", help="W&B entity (default: yours).")
+@click.option("--sweep-file", type=click.Path(exists=True), default=None, metavar="PATH",
+              help="The sweep YAML (or `sweep local` sweep dir) the runs come from: its parameters, metric and project.")
 @click.option("--sweep", "sweep_id", metavar="ID", default=None, help="Only this sweep's runs.")
 @click.option("--group", default=None, metavar="NAME", help="Only this run group (`sweep local` trials: the sweep name).")
-@click.option("--metric", default="val/loss_best", show_default=True, metavar="NAME",
-              help="Summary key of parallel coordinates and importance; for X_best the line plots show X.")
+@click.option("--metric", default=None, metavar="NAME",
+              help="Summary key of parallel coordinates and importance; for X_best the line plots show X. "
+                   "Default: the --sweep-file's metric, else val/loss_best.")
 @click.option("--param", "params", multiple=True, metavar="FIELD",
               help="Config field for parallel coordinates (repeatable). Default: the swept parameters.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
               help="Where the spec goes when the report cannot be saved. Default: ./wandb-report-PROJECT[-SWEEP].json.")
 @click.option("--offline", is_flag=True, help="Do not contact W&B: write the spec file only.")
-def wandb_report(project, entity, sweep_id, group, metric, params, out_file, offline):
+def wandb_report(project, entity, sweep_file, sweep_id, group, metric, params, out_file, offline):
     """Build a W&B Report: val curves, parallel coordinates over the swept parameters, parameter
     importance and a run comparer. Without the W&B server it writes the report's spec to a file."""
     from blueberry.report.wandb_report import build_wandb_report
 
     result = build_wandb_report(project, entity, sweep_id, metric, list(params) or None, out_file,
-                                True if offline else None, group=group)
+                                True if offline else None, group=group, sweep_file=sweep_file)
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     click.echo(result.message)

@@ -34,6 +34,9 @@ class RunConfig:
 
     task: ClassVar[str] = ""
     default_preset: ClassVar[str] = ""
+    # Fields that define the model, the data, the split or the tokenizer: a resume may not change them
+    # (the checkpoint would not fit, or val data would have been trained on) unless told to.
+    defines_run: ClassVar[tuple[str, ...]] = ("optimizer",)
 
     # run identity
     preset: str = option("", "Preset the run starts from (YAML in blueberry/presets); applied before every other field.")
@@ -58,7 +61,7 @@ class RunConfig:
     beta1: float = option(0.9, "AdamW beta1.", min=0, max=1)
     beta2: float = option(0.95, "AdamW beta2.", min=0, max=1)
     grad_clip: float = option(1.0, "Clip the global gradient norm to this; 0 = no clipping.", min=0)
-    dropout: float = option(0.0, "Dropout probability.", min=0, max=1)
+    dropout: float = option(0.0, "Dropout probability (lm: on the residual stream, i.e. the embeddings and each attention and FFN output; not on attention weights).", min=0, max=1)
 
     # schedule (all counted in optimizer steps)
     schedule: str = option("cosine", "LR schedule after warmup; plateau = ReduceLROnPlateau on best_metric at each evaluation.", choices=("cosine", "constant", "linear", "wsd", "plateau"))
@@ -92,6 +95,9 @@ class RunConfig:
     wandb_group: str = option("", "W&B group (e.g. the study name).")
     wandb_tags: str = option("", "Comma-separated W&B tags.")
     wandb_mode: str = option("online", "online (falls back to offline with a notice when there is no key or no server), offline, or disabled.", choices=("online", "offline", "disabled"))
+    wandb_log_model: str = option("none", "Checkpoints as W&B model Artifacts: none; best = the best (else last) checkpoint once the run ends; all = every checkpoint as it is saved. Aliases best, latest, step-N.", choices=("none", "best", "all"))
+    wandb_system_metrics: bool = option(True, "Record W&B system metrics (CPU, GPU utilisation and memory) beside the run.")
+    wandb_console: bool = option(True, "Record the console output (stdout/stderr) in the W&B run.")
 
     def to_dict(self) -> dict[str, Any]:
         return {"task": self.task, **dataclasses.asdict(self)}
@@ -118,6 +124,11 @@ class LMConfig(RunConfig):
 
     task: ClassVar[str] = "lm"
     default_preset: ClassVar[str] = "lm-tiny"
+    defines_run: ClassVar[tuple[str, ...]] = RunConfig.defines_run + (
+        "data", "data_subset", "data_split", "text_field", "max_docs", "synthetic_docs", "val_fraction",
+        "dedup", "dedup_threshold", "group_field", "data_seed", "tokenizer", "seq_len", "d_model", "n_layers", "n_heads", "d_ff", "rope_theta", "attention",
+        "mla_kv_rank", "mla_q_rank", "mla_rope_dim", "n_experts", "top_k", "expert_d_ff", "n_shared_experts",
+        "router", "router_renorm")
 
     # data
     data: str = option("synthetic", "'synthetic' (embedded, offline), a local .txt/.jsonl/.json/.parquet file or folder, or hf:NAME for a hub dataset (streamed).")
@@ -133,6 +144,10 @@ class LMConfig(RunConfig):
     seq_len: int = option(128, "Tokens per training window (windows do not overlap).", min=2)
     leak_ngram: int = option(32, "Span length of the train/val overlap check.", min=4)
     leak_warn: float = option(0.01, "Warn when more than this fraction of val windows share a leak_ngram span with train.", min=0, max=1)
+    dedup: str = option("group", "Near-duplicate documents (MinHash+LSH over normalised word 5-grams, found before the split): group = keep each cluster on one side of the train/val split, drop = keep only its first document, off = skip the pass.", choices=("group", "drop", "off"))
+    dedup_threshold: float = option(0.3, "Estimated Jaccard similarity of two documents' word 5-gram sets from which they are near-duplicates (editions of one text: 0.4-1; distinct texts of one author: < 0.01).", min=0, max=1, min_exclusive=True)
+    dedup_warn: float = option(0.01, "Warn when more than this fraction of documents has a near-duplicate.", min=0, max=1)
+    group_field: str = option("", "jsonl/parquet column naming each document's group (e.g. a work or source id); documents of one group stay on one side of the split. Empty = none.")
 
     # model
     d_model: int = option(128, "Residual stream width.", min=8)
@@ -150,9 +165,9 @@ class LMConfig(RunConfig):
     n_shared_experts: int = option(0, "Always-on shared experts (DeepSeek style), each expert_d_ff wide.", min=0)
     router: str = option("softmax", "softmax = Mixtral-style top-k of softmax; sigmoid = DeepSeek-V3 sigmoid scores with a score-correction bias.", choices=("softmax", "sigmoid"))
     router_renorm: bool = option(True, "Renormalise the k selected routing weights to sum to 1.")
-    lb_weight: float = option(0.01, "Weight of the Switch load-balancing loss E*sum(f_i*P_i); 0 = off.", min=0)
+    lb_weight: float = option(0.03, "Weight of the Switch load-balancing loss E*sum(f_i*P_i); 0 = off. 0.03 (with bias_update_rate 0.001): measured over seeds on lm-tiny and moe-exp3 (README).", min=0)
     z_loss_weight: float = option(0.0, "Weight of the router z-loss mean(logsumexp(logits)^2); 0 = off.", min=0)
-    bias_update_rate: float = option(0.0, "Aux-loss-free balancing: step of the routing bias toward equal load after each optimizer step; 0 = off.", min=0)
+    bias_update_rate: float = option(0.001, "Aux-loss-free balancing: step of the routing bias toward equal load after each optimizer step; 0 = off. 0.001 (with lb_weight 0.03): measured over seeds on lm-tiny and moe-exp3 (README).", min=0)
 
     def validate(self) -> None:
         super().validate()
@@ -177,6 +192,10 @@ class ScanlineConfig(RunConfig):
 
     task: ClassVar[str] = "scanline"
     default_preset: ClassVar[str] = "scanline-tiny"
+    defines_run: ClassVar[tuple[str, ...]] = RunConfig.defines_run + (
+        "data", "n_images", "image_size", "class_shares", "noise_level", "lines_per_sample", "line_stride",
+        "val_fraction", "test_fraction", "data_seed", "model", "patch_size", "d_model", "n_layers", "n_heads",
+        "d_ff", "cnn_channels", "lstm_hidden")
 
     # data
     data: str = option("synthetic", "'synthetic' (embedded STM generator, offline) or a .npz with images [N,H,W] (or lines [N,W]) and labels [N].")
@@ -269,21 +288,38 @@ def _read_yaml(src: Any, label: str) -> dict[str, Any]:
     try:
         values = yaml.safe_load(src.read_text()) or {}
     except yaml.YAMLError as e:
-        raise UserError(f"{label}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{label}: not valid YAML ({yaml_problem(e)})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{label}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
     if not isinstance(values, dict):
         raise UserError(f"{label}: must be a mapping of field: value")
     return values
 
 
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """What is wrong and where, in one line: 'line 3, column 7: mapping values are not allowed here'."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
+
+
 def parse_recipe(text: str) -> dict[str, Any]:
     """`--recipe` values: a mapping of field overrides, as YAML/JSON or the Python repr that
     `wandb agent` renders for dict-valued sweep parameters ({'optimizer': 'muon', 'lr': 0.001})."""
-    try:
-        values = yaml.safe_load(text)
-    except yaml.YAMLError:
-        values = None
+    import ast
+
+    try:   # the agent's Python repr first: it keeps None, True and 1e-05 as Python reads them
+        values = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        try:
+            values = yaml.safe_load(text)
+        except yaml.YAMLError:
+            values = None
     if not isinstance(values, dict):
         raise UserError(f"recipe={text!r}: must be a mapping of field: value, e.g. {{optimizer: muon, lr: 0.001}}")
+    nulls = [str(k) for k, v in values.items() if v is None]
+    if nulls:   # a sweep's null would otherwise train as the text "None" (or a default) unnoticed
+        raise UserError(f"recipe: {', '.join(nulls)}=null: give a value or leave the key out")
     return values
 
 
@@ -304,14 +340,64 @@ def resolve(cls: type[RunConfig], *, preset: str | None = None, file_values: dic
                   or cls.default_preset)
         base = {**load_preset(chosen, cls), "preset": chosen}
     values: dict[str, Any] = {}
-    for layer, label in ((base, "preset"), (file_values, source), (recipe, "recipe"), (cli_values, "option")):
+    set_by: dict[str, int] = {}
+    layers = ((base, "preset"), (file_values, source), (recipe, "recipe"), (cli_values, "option"))
+    for level, (layer, label) in enumerate(layers):
         for key, value in layer.items():
             values[key] = coerce(cls, key, value, label)
+            set_by[key] = level
+        for steps, epochs in EPOCH_BUDGETS:
+            if steps in layer and epochs in layer and values[epochs] and layer is cli_values:
+                raise UserError(f"{label}: {steps}={values[steps]} and {epochs}={values[epochs]} both set the "
+                                f"budget; give one ({epochs}=0 to count in steps)")
+    for steps, epochs in EPOCH_BUDGETS:
+        # An explicit step count (--max_steps 20) wins over an epoch budget a lower layer set.
+        if set_by.get(steps, -1) > set_by.get(epochs, -1) and values.get(epochs):
+            values[epochs] = 0.0
     cfg = cls(**values)
     if not cfg.name:
         cfg.name = cfg.preset or cls.task
     cfg.validate()
     return cfg
+
+
+# (field in optimizer steps, field in epochs that, when > 0, sets it)
+EPOCH_BUDGETS = (("max_steps", "epochs"), ("warmup_steps", "warmup_epochs"))
+
+# Names users type for fields that blueberry spells differently; an unknown name gets the hint.
+ALIASES = {
+    "learning_rate": "lr", "lr_max": "lr", "peak_lr": "lr", "max_lr": "lr",
+    "lr_min": "min_lr_ratio", "min_lr": "min_lr_ratio", "final_lr": "min_lr_ratio",
+    "steps": "max_steps", "num_steps": "max_steps", "total_steps": "max_steps", "train_steps": "max_steps",
+    "max_iters": "max_steps", "iterations": "max_steps",
+    "num_epochs": "epochs", "n_epochs": "epochs", "epoch": "epochs",
+    "warmup": "warmup_steps", "num_warmup_steps": "warmup_steps", "warmup_iters": "warmup_steps",
+    "wd": "weight_decay", "clip_grad": "grad_clip", "max_grad_norm": "grad_clip", "grad_norm_clip": "grad_clip",
+    "gradient_clipping": "grad_clip", "bs": "batch_size", "micro_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum", "accumulate_grad_batches": "grad_accum",
+    "optim": "optimizer", "scheduler": "schedule", "lr_schedule": "schedule", "lr_scheduler": "schedule",
+    "num_experts": "n_experts", "experts": "n_experts", "topk": "top_k", "num_experts_per_tok": "top_k",
+    "num_layers": "n_layers", "n_layer": "n_layers", "layers": "n_layers", "depth": "n_layers",
+    "num_heads": "n_heads", "n_head": "n_heads", "hidden_size": "d_model", "n_embd": "d_model",
+    "dim": "d_model", "width": "d_model", "intermediate_size": "d_ff", "ffn_dim": "d_ff",
+    "block_size": "seq_len", "context_length": "seq_len", "max_seq_len": "seq_len", "seq_length": "seq_len",
+    "output_dir": "out_dir", "outdir": "out_dir", "run_name": "name", "project": "wandb_project",
+    "group": "wandb_group", "tags": "wandb_tags", "entity": "wandb_entity", "patience": "early_stop_patience",
+    "precision": "mixed_precision", "amp": "mixed_precision", "vocab_size": "tokenizer",
+    "dataset": "data", "data_path": "data", "train_data": "data", "validation_split": "val_fraction",
+    "val_split": "val_fraction",
+}
+
+
+def field_hint(cls: type[RunConfig], key: str) -> str:
+    """' (blueberry calls it lr)', ' (did you mean ...?)' or a pointer to --help, for an unknown field."""
+    fmap = field_map(cls)
+    name = key.lstrip("-").replace("-", "_")
+    alias = ALIASES.get(name) or ALIASES.get(name.lower())
+    if alias in fmap:
+        return f" (blueberry calls it {alias})"
+    close = difflib.get_close_matches(name, fmap, n=1)
+    return f" (did you mean {close[0]}?)" if close else f"; see `blueberry train {cls.task} --help`"
 
 
 def field_map(cls: type[RunConfig]) -> dict[str, dataclasses.Field]:
@@ -322,9 +408,7 @@ def coerce(cls: type[RunConfig], key: str, value: Any, label: str = "config") ->
     """Convert a YAML/CLI value to the field's type, or raise UserError naming the field."""
     fmap = field_map(cls)
     if key not in fmap:
-        close = difflib.get_close_matches(key, fmap, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else f"; see `blueberry train {cls.task} --help`"
-        raise UserError(f"{label}: unknown field {key!r}{hint}")
+        raise UserError(f"{label}: unknown field {key!r}{field_hint(cls, key)}")
     kind = fmap[key].type
     try:
         if kind == "bool":
@@ -371,6 +455,21 @@ def check_bounds(f: dataclasses.Field, value: Any) -> None:
         raise UserError(f"{f.name}={value!r}: must be {op} {low}")
     if high is not None and value > high:
         raise UserError(f"{f.name}={value!r}: must be <= {high}")
+
+
+def changed_run_fields(cls: type[RunConfig], saved: dict[str, Any], cfg: RunConfig) -> dict[str, list]:
+    """{field: [saved value, new value]} for each field that defines the run and differs from a saved
+    config.yaml (fields the saved file lacks are taken as unchanged)."""
+    changes = {}
+    for name in cls.defines_run:
+        if name in saved:
+            try:
+                old = coerce(cls, name, saved[name])
+            except UserError:
+                old = saved[name]
+            if old != getattr(cfg, name):
+                changes[name] = [old, getattr(cfg, name)]
+    return changes
 
 
 def dump_yaml(cfg: RunConfig) -> str:

@@ -11,6 +11,7 @@ Training writes it; reports, resume, sweeps and SLURM requeue read only this. No
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -23,6 +24,7 @@ CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
+LOCK = ".lock"
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -60,6 +62,57 @@ def create_run_dir(out_dir: str | Path, name: str) -> Path:
     raise RuntimeError(f"could not create a unique run dir for {base} in {out_dir}")
 
 
+def ensure_writable_dir(path: str | Path, field: str) -> Path:
+    """Create `path` if needed and prove a file can be written there, before any expensive work;
+    UserError naming `field` (e.g. out_dir, cache_dir, --out) when not."""
+    p = Path(path).expanduser()
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=p, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        from blueberry.errors import UserError
+
+        why = e.strerror or str(e)
+        if e.errno == errno.ENOTDIR or (p.exists() and not p.is_dir()):
+            why = "a file is in the way (a folder is needed)"
+        raise UserError(f"{field}={path}: cannot write there ({why}); give a writable folder") from None
+    return p
+
+
+class RunLock:
+    """An exclusive lock on a run dir while a process trains in it (fcntl.flock on RUN_DIR/.lock):
+    released when the process ends, however it ends, so a crash never leaves a stale lock."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        import fcntl
+
+        from blueberry.errors import UserError
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise UserError(f"{self.path.parent}: another process (pid {holder}) is training in this run dir; "
+                            "wait for it or stop it first") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)   # closing drops the flock
+            self._fd = None
+
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -80,18 +133,30 @@ def write_atomic(path: Path, data: str | bytes) -> None:
         raise
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """All rows; a torn last line (a kill mid-write) is skipped, never fatal."""
+def read_metrics(run_dir: Path, bad_lines: list[int] | None = None) -> list[dict[str, Any]]:
+    """All rows; a torn last line (a kill mid-write) or a row that is not {"step": int, ...} is
+    skipped, never fatal. `bad_lines` collects the 1-based numbers of skipped lines other than a
+    torn last one."""
     path = Path(run_dir) / METRICS
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    lines = path.read_text(errors="replace").splitlines()
+    for number, line in enumerate(lines, 1):
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
-            continue
+            row = None
+        if is_metrics_row(row):
+            rows.append(row)
+        elif bad_lines is not None and line.strip() and not (number == len(lines) and row is None):
+            bad_lines.append(number)
     return rows
+
+
+def is_metrics_row(row: Any) -> bool:
+    """A row as the trainer writes it: a JSON object whose `step` is an integer."""
+    return isinstance(row, dict) and isinstance(row.get("step"), int) and not isinstance(row.get("step"), bool)
 
 
 def truncate_metrics(run_dir: Path, step: int) -> None:

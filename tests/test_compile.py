@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from blueberry import rundir
+from probes import probes
 from test_fields_reach_code import train_inprocess
 
 
@@ -20,6 +21,7 @@ def _losses(run_dir):
     return [r["train/loss"] for r in rundir.read_metrics(run_dir) if "train/loss" in r]
 
 
+@probes("compile")
 def test_compile_true_compiles_the_model_and_trains_like_eager(tmp_path, fresh_dynamo):
     from torch._dynamo.utils import counters
 

@@ -6,6 +6,9 @@ the Python level on the CPU: a run of 6 steps must make exactly as many as a run
 both log, evaluate and checkpoint the same number of times. Exempt are tensors that live on the CPU
 by design, where reading them never waits for a GPU: the optimizer's `step` counters (unless fused)
 and the data sampler's permutations (they pick window indices before a batch goes to the device).
+The MoE layers run the path a GPU takes (the grouped GEMM): the CPU's own default, the per-expert loop,
+reads each layer's expert offsets once per forward, which costs nothing where there is no queue
+(tests/test_moe_dispatch.py counts that read).
 """
 
 import traceback
@@ -15,6 +18,7 @@ import pytest
 import torch
 
 import blueberry.train.trainer as trainer
+from blueberry.models.moe import Experts
 from blueberry.config import ScanlineConfig
 from test_fields_reach_code import train_inprocess
 
@@ -53,6 +57,7 @@ def _count_reads(monkeypatch, tmp_path, steps: int, **changes) -> Counter:
 
     with monkeypatch.context() as patch:
         patch.setattr(trainer, "build_optimizer", capture)
+        patch.setattr(Experts, "grouped", True)       # a GPU's default dispatch path
         for name in TENSOR_READS:
             patch.setattr(torch.Tensor, name, counting(f"Tensor.{name}", getattr(torch.Tensor, name)))
         for name in TORCH_READS:

@@ -94,14 +94,18 @@ def test_dispatch_bf16_grouped_is_close(grouped_calls):
     assert len(grouped_calls) == 3 and y.dtype == torch.bfloat16
     ref_tensors = [t.detach().float().requires_grad_() for t in tensors]
     y_ref, grads_ref = run_and_grads(naive_moe, ref_tensors, idx, w)
-    torch.testing.assert_close(y.float(), y_ref, atol=3e-2, rtol=3e-2)
-    torch.testing.assert_close(grads[0].float(), grads_ref[0], atol=3e-2, rtol=5e-2)
+    # bf16 rounding leaves ~0.5% relative error (measured); a 5% scale error or a dropped row is far above 2%.
+    for name, got, ref in zip(["y", "x", "w_gate", "w_up", "w_down"], [y, *grads], [y_ref, *grads_ref]):
+        error = ((got.float() - ref).norm() / ref.norm()).item()
+        assert error < 2e-2, f"{name}: relative error {error:.2e}"
+    assert grads[1][2].abs().max() == 0, "an expert without tokens gets no gradient"
 
 
 @pytest.mark.parametrize("router", ["softmax", "sigmoid"])
 def test_grouped_path_makes_no_host_sync(router, monkeypatch, grouped_calls):
     torch.manual_seed(0)
     moe = MoE(tiny(router=router, n_shared_experts=1))
+    moe.experts.grouped = True   # a GPU's default path (the CPU's, the loop, reads the offsets once)
     x = torch.randn(2, 5, 16, requires_grad=True)
 
     def sync(*args, **kwargs):

@@ -5,6 +5,7 @@ import json
 import math
 
 import pytest
+from scipy import stats
 
 from blueberry.errors import UserError
 from blueberry.report.analyse import NOISE_RULE, analyse, differing_fields, resolve_metric
@@ -48,8 +49,8 @@ def test_higher_is_better_metric_warns_when_it_falls_after_its_best(tmp_path):
 
 
 def test_seed_noise_marks_close_configs_within_noise_and_distant_ones_apart(tmp_path):
-    # lr 1e-3: mean 3.00, std 0.05; lr 2e-3: mean 3.02 (Δ 0.02 < 2·sqrt(2·0.05²/3) = 0.082);
-    # lr 4e-3: mean 3.50, clearly apart; lr 8e-3 ran once: its noise is the pooled std.
+    # lr 1e-3: mean 3.00, std 0.05; lr 2e-3: mean 3.02 on the same seeds (paired test, p = 0.76);
+    # lr 4e-3: mean 3.50, clearly apart; lr 8e-3 ran once: it borrows the pooled std.
     seed_study(tmp_path, {1e-3: [3.00, 3.05, 2.95], 2e-3: [3.02, 2.97, 3.07], 4e-3: [3.50, 3.55, 3.45],
                           8e-3: [3.04]})
     a = analyse(load_runs([tmp_path]).runs)
@@ -60,13 +61,17 @@ def test_seed_noise_marks_close_configs_within_noise_and_distant_ones_apart(tmp_
     assert a.pooled_std == pytest.approx(0.05)
     pairs = {(p.a, p.b): p for p in a.pairs}
     close = pairs[("lr=0.001", "lr=0.002")]
-    assert close.within_noise is True and close.threshold == pytest.approx(2 * math.sqrt(2 * 0.05 ** 2 / 3))
-    assert pairs[("lr=0.001", "lr=0.004")].within_noise is False
-    assert by["lr=0.008"].within_noise_of_leader is True     # 0.04 < 2·sqrt(0.05²/3 + 0.05²/1) = 0.115
+    assert close.within_noise is True and close.test == "paired"
+    assert close.p_value == pytest.approx(stats.ttest_rel([3.02, 2.97, 3.07], [3.00, 3.05, 2.95]).pvalue)
+    assert pairs[("lr=0.001", "lr=0.004")].within_noise is False and pairs[("lr=0.001", "lr=0.004")].p_value < 0.01
+    assert by["lr=0.008"].within_noise_of_leader is True and by["lr=0.008"].test_vs_leader == "borrowed"
+    assert "borrow the pooled std" in a.noise_note and "lr=0.008" in a.noise_note.split("Verdicts that borrow")[1]
+    assert by["lr=0.001"].ci_low < 3.0 < by["lr=0.001"].ci_high and by["lr=0.008"].ci_low is None
     assert by["lr=0.004"].within_noise_of_leader is False
     assert "pooled std 0.05" in a.noise_note and "lr=0.002" in a.noise_note
     row = next(r for r in a.table if r["name"] == "lr0.002-s0")
     assert row["group"] == "lr=0.002" and row["within_noise_of_leader"] is True
+    assert row["p_vs_leader"] == pytest.approx(close.p_value) and row["noise_test"] == "paired"
     # the LR recommendation: best 1e-3, and 2e-3 and 8e-3 cannot be told from it
     (rec,) = a.lr
     assert rec.param == "lr" and rec.best_lr == pytest.approx(1e-3)
@@ -183,7 +188,7 @@ def test_identity_fields_never_count_as_differences(tmp_path):
     assert differing_fields(runs) == ["seed"]
     a = analyse(runs)
     assert len(a.groups) == 1 and a.groups[0].n == 2 and a.groups[0].label == "all runs"
-    assert NOISE_RULE.startswith("configs differ only when |Δmean| ≥ 2·sqrt(s_A²/n_A + s_B²/n_B)")
+    assert NOISE_RULE.startswith("two configs differ when a two-sided t-test gives p < 0.05")
 
 
 def test_bad_paths_are_user_errors(tmp_path):

@@ -1,6 +1,6 @@
-"""Every ScanlineConfig field of its own (not shared with RunConfig) changes behaviour: a probe
-below, or the test that proves it end to end. A new field without either fails
-`test_every_scanline_field_is_covered`. Shared trainer fields are covered in test_fields_reach_code."""
+"""Every ScanlineConfig field of its own (not shared with RunConfig) changes behaviour: the probes,
+declared with @probes(..., task="scanline") for the register in test_fields_reach_code
+(`test_every_field_is_probed`). Shared trainer fields are probed there."""
 
 import dataclasses
 
@@ -8,10 +8,11 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from blueberry.config import RunConfig, ScanlineConfig, field_map
+from blueberry.config import ScanlineConfig
 from blueberry.data.scanline import load_source, synthetic_path
 from blueberry.models.scanline import build_scanline_model
 from blueberry.tasks.scanline import ScanlineTask
+from probes import probes
 
 SMALL = dict(n_images=24, image_size=32, lines_per_sample=4, line_stride=4, patch_size=8, d_model=16, n_heads=2,
              n_layers=1, d_ff=32, cnn_channels=8, lstm_hidden=16, dropout=0.0)
@@ -35,6 +36,7 @@ def _data(cfg):
 SOURCE_CHANGES = {"n_images": 30, "image_size": 48, "class_shares": "1,1,1,1", "noise_level": 2.0, "data_seed": 3}
 
 
+@probes(*SOURCE_CHANGES, task="scanline")
 @pytest.mark.parametrize("field", SOURCE_CHANGES)
 def test_generator_fields_change_the_images_and_the_cache_key(small, field):
     base, changed = small(), small(**{field: SOURCE_CHANGES[field]})
@@ -43,6 +45,7 @@ def test_generator_fields_change_the_images_and_the_cache_key(small, field):
     assert a.lines.shape != b.lines.shape or not (a.lines == b.lines).all()
 
 
+@probes("data", task="scanline")
 def test_data_names_a_user_file(small, tmp_path):
     import numpy as np
 
@@ -52,6 +55,7 @@ def test_data_names_a_user_file(small, tmp_path):
     assert source.n_classes == 3 and source.lines.shape == (6, 8, 32) and source.meta["source"] == "npz"
 
 
+@probes("cache_dir", task="scanline")
 def test_cache_dir_holds_the_generated_file(small, tmp_path):
     cfg = small(cache_dir=str(tmp_path / "elsewhere"))
     load_source(cfg)
@@ -60,6 +64,7 @@ def test_cache_dir_holds_the_generated_file(small, tmp_path):
 
 # --- windows, split, augmentation, weights -------------------------------------------------------
 
+@probes("lines_per_sample", "line_stride", task="scanline")
 def test_window_fields_shape_the_samples(small):
     _, data = _data(small(lines_per_sample=6, line_stride=2))
     x, y = next(data.train_batches(0))
@@ -67,6 +72,7 @@ def test_window_fields_shape_the_samples(small):
     assert data.stats["windows"]["val"] == data.stats["images"]["val"] * ((32 - 6) // 2 + 1)
 
 
+@probes("val_fraction", "test_fraction", task="scanline")
 def test_split_fractions_set_the_image_counts(small):
     _, data = _data(small(val_fraction=0.25, test_fraction=0.125))
     assert data.stats["images"] == {"train": 15, "val": 6, "test": 3}
@@ -74,6 +80,7 @@ def test_split_fractions_set_the_image_counts(small):
     assert no_test.stats["images"]["test"] == 0 and "test" not in no_test.payload["eval"]
 
 
+@probes("aug_flip", "aug_noise", "aug_line_dropout", task="scanline")
 @pytest.mark.parametrize("field, value", [("aug_flip", False), ("aug_noise", 0.3), ("aug_line_dropout", 0.5)])
 def test_augmentation_fields_reach_the_train_windows_only(small, field, value):
     _, data = _data(small(**{field: value}))
@@ -87,6 +94,7 @@ def test_augmentation_fields_reach_the_train_windows_only(small, field, value):
     assert not torch.equal(a, b)
 
 
+@probes("class_weights", task="scanline")
 def test_class_weights_reach_the_loss(small):
     task, data = _data(small(class_weights="1,2,3,4"))
     assert data.stats["class_weights"] == [1, 2, 3, 4] and task.loss_weights.tolist() == [1, 2, 3, 4]
@@ -112,6 +120,7 @@ MODEL_CHANGES = {"model": "sequential", "patch_size": 4, "d_model": 32, "n_layer
 LSTM_CHANGES = {"cnn_channels": 16, "lstm_hidden": 24}
 
 
+@probes(*MODEL_CHANGES, *LSTM_CHANGES, task="scanline")
 @pytest.mark.parametrize("field, value, model", [*((f, v, "vit") for f, v in MODEL_CHANGES.items()),
                                                  *((f, v, "cnn_lstm") for f, v in LSTM_CHANGES.items())])
 def test_model_fields_change_the_model(small, field, value, model):
@@ -127,16 +136,30 @@ def test_model_fields_change_the_model(small, field, value, model):
     assert n0 != n1 or not torch.allclose(a, b)
 
 
-PROBED_HERE = {*SOURCE_CHANGES, "data", "cache_dir", "lines_per_sample", "line_stride", "val_fraction", "test_fraction",
-               "aug_flip", "aug_noise", "aug_line_dropout", "class_weights", *MODEL_CHANGES, *LSTM_CHANGES}
-PROVEN_END_TO_END: dict[str, str] = {}
+# --- relations between fields (found untested by benchmarks/mutation.py) ---------------------------
+
+REFUSED = [({"class_shares": "1"}, "class_shares='1': give at least two non-negative shares, e.g. 0.25,0.25,0.25,0.25"),
+           ({"class_shares": "1,-1"}, "class_shares='1,-1': give at least two non-negative shares"),
+           ({"class_shares": "0,0"}, "class_shares='0,0': give at least two non-negative shares"),
+           ({"class_shares": "a,b"}, "class_shares='a,b': must be comma-separated numbers"),
+           ({"class_weights": "1,x"}, "class_weights='1,x': must be comma-separated numbers"),
+           ({"val_fraction": 0.5, "test_fraction": 0.5}, "test_fraction=0.5: val_fraction + test_fraction must be < 1"),
+           ({"lines_per_sample": 33}, "lines_per_sample=33: must be <= image_size (32)"),
+           ({"d_model": 30, "n_heads": 4}, "n_heads=4: must divide d_model (30)"),
+           ({"patch_size": 5}, "patch_size=5: must divide the line length image_size (32)")]
+ACCEPTED = [{"class_shares": "1,0"}, {"class_weights": "none"}, {"val_fraction": 0.6, "test_fraction": 0.3},
+            {"lines_per_sample": 32}, {"lines_per_sample": 33, "data": "scans.npz"},
+            {"model": "cnn_lstm", "d_model": 30, "n_heads": 4}, {"model": "sequential", "patch_size": 5},
+            {"patch_size": 5, "data": "scans.npz"}]
 
 
-def test_every_scanline_field_is_covered():
-    import pathlib
+def test_scanline_field_relations_are_checked():
+    import re
 
-    own = set(field_map(ScanlineConfig)) - set(field_map(RunConfig))
-    assert own == PROBED_HERE | set(PROVEN_END_TO_END), sorted(own ^ (PROBED_HERE | set(PROVEN_END_TO_END)))
-    for where in PROVEN_END_TO_END.values():
-        module, test = where.split("::")
-        assert f"def {test}(" in (pathlib.Path(__file__).parent / module).read_text(), where
+    from blueberry.errors import UserError
+
+    for changes, message in REFUSED:
+        with pytest.raises(UserError, match="^" + re.escape(message)):
+            dataclasses.replace(ScanlineConfig(), **{**SMALL, **changes}).validate()
+    for changes in ACCEPTED:
+        dataclasses.replace(ScanlineConfig(), **{**SMALL, **changes}).validate()

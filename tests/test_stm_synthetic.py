@@ -81,5 +81,6 @@ def test_noise_level_makes_neighbouring_lines_less_alike():
 def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="class_shares"):
         generate_stm(4, seed=0, class_shares=(1, 1))
-    with pytest.raises(ValueError):
-        generate_stm(0, seed=0)
+    for bad in (dict(n_images=0), dict(image_size=4), dict(noise_level=-1.0)):
+        with pytest.raises(ValueError, match="need n_images >= 1, image_size >= 8 and noise_level >= 0"):
+            generate_stm(**{"n_images": 4, **bad}, seed=0)

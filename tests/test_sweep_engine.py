@@ -7,8 +7,11 @@ import random
 
 import numpy as np
 import pytest
+from scipy import stats
 
-from blueberry.sweep.engine import BayesProposer, canonical, grid_points, next_params, sample_random, sample_value
+from blueberry.errors import UserError
+from blueberry.sweep.engine import (BayesProposer, _still_running, canonical, grid_points, next_params, sample_random,
+                                    sample_value, target_reached)
 from blueberry.sweep.hyperband import hyperband_bands, runs_to_stop
 
 GRID = {
@@ -33,7 +36,7 @@ def test_grid_is_the_full_product_once_in_wandb_order():
 
 
 def test_grid_q_uniform_matches_numpy_arange():
-    for lo, hi, q in [(0.0, 1.0, 0.1), (0.1, 0.7, 0.2), (64, 256, 64), (1, 2, 0.3)]:
+    for lo, hi, q in [(0.0, 1.0, 0.1), (0.1, 0.7, 0.2), (64, 256, 64), (1, 2, 0.3), (1.0, 1.0, 0.5)]:
         points = grid_points({"x": {"distribution": "q_uniform", "min": lo, "max": hi, "q": q}})
         assert [p["x"] for p in points] == np.arange(lo, hi, q).tolist()
 
@@ -94,6 +97,109 @@ def test_random_samples_fall_in_range(dist):
         assert set(xs) == {3, 4, 5, 6, 7}
     if dist == "normal":
         assert abs(np.mean(xs) - 1.0) < 0.05 and abs(np.std(xs) - 0.5) < 0.05
+
+
+LAWS = {
+    "uniform": ({"min": -2.0, "max": 3.0}, stats.uniform(-2.0, 5.0)),
+    "log_uniform": ({"min": math.log(1e-4), "max": math.log(1e-1)}, stats.loguniform(1e-4, 1e-1)),
+    "log_uniform_values": ({"min": 1e-4, "max": 1e-1}, stats.loguniform(1e-4, 1e-1)),
+    "inv_log_uniform": ({"min": 1.0, "max": 5.0}, stats.loguniform(math.exp(-5.0), math.exp(-1.0))),
+    "inv_log_uniform_values": ({"min": 0.01, "max": 0.5}, stats.loguniform(0.01, 0.5)),
+    "normal": ({"mu": 1.0, "sigma": 1.0}, stats.norm(1.0, 1.0)),
+    "log_normal": ({"mu": 0.5, "sigma": 0.8}, stats.lognorm(s=0.8, scale=math.exp(0.5))),
+    "beta": ({"a": 2.0, "b": 5.0}, stats.beta(2.0, 5.0)),
+}
+
+
+@pytest.mark.parametrize("dist", sorted(LAWS))
+def test_continuous_samples_follow_their_distribution(dist):
+    """Not only the range: the draws follow the law (Kolmogorov-Smirnov against scipy's distribution), so
+    swapped beta shapes or a log_normal without its exp fail."""
+    spec, law = LAWS[dist]
+    rng = random.Random(0)
+    xs = [sample_value({"distribution": dist, **spec}, dist, rng) for _ in range(2000)]
+    assert stats.kstest(xs, law.cdf).pvalue > 1e-3
+
+
+def test_int_uniform_draws_every_value_equally_often():
+    from scipy import stats as st
+
+    rng = random.Random(0)
+    xs = [sample_value({"distribution": "int_uniform", "min": 3, "max": 7}, "int_uniform", rng) for _ in range(5000)]
+    assert st.chisquare(np.bincount(xs, minlength=8)[3:]).pvalue > 1e-3
+
+
+def test_unknown_distributions_are_named_in_the_error():
+    with pytest.raises(UserError, match="^unknown distribution 'bogus'$"):
+        sample_value({}, "bogus", random.Random(0))
+    with pytest.raises(UserError, match="^distribution 'normal' cannot be gridded: use values, value, int_uniform or q_uniform$"):
+        grid_points({"x": {"distribution": "normal", "mu": 0, "sigma": 1}})
+
+
+def test_a_normal_without_spread_is_its_mean_and_the_sweep_seed_matters():
+    assert sample_value({"mu": 2.5, "sigma": 0.0}, "normal", random.Random(0)) == 2.5
+    config = {"method": "random", "parameters": {"x": {"distribution": "uniform", "min": 0.0, "max": 1.0}}}
+    assert next_params(config, [], [], seed=0) != next_params(config, [], [], seed=1)
+
+
+def test_canonical_ignores_mapping_order():
+    assert canonical({"a": 1, "b": {"c": 2.0, "d": 3}}) == canonical({"b": {"d": 3, "c": 2}, "a": 1})
+
+
+def test_metric_target_ends_the_sweep_when_a_finished_trial_reaches_it():
+    lower = {"method": "random", "parameters": {"x": {"values": [1, 2]}}, "metric": {"name": "loss", "target": 0.5}}
+    higher = {**lower, "metric": {"name": "acc", "target": 0.5, "goal": "maximize"}}
+    for config, reached, missed in [(lower, 0.5, 0.51), (higher, 0.5, 0.49)]:
+        assert target_reached(config, [({"x": 1}, reached)]) and next_params(config, [({"x": 1}, reached)], [{"x": 1}], 0) is None
+        assert not target_reached(config, [({"x": 1}, missed), ({"x": 2}, None), ({"x": 2}, math.nan)])
+    assert not target_reached({"metric": {"name": "loss"}}, [({"x": 1}, -1e9)])
+
+
+def test_next_params_refuses_what_the_local_engine_does_not_run():
+    params = {"x": {"values": [1, 2]}}
+    for config in ({"method": "hyperopt", "parameters": params},
+                   {"method": "random", "parameters": params, "scheduler": {"engine": "custom"}}):
+        with pytest.raises(UserError, match=r"^method: '\w+': the local engine runs grid, random and bayes "
+                                            r"\(custom schedulers run under wandb sweep-scheduler\)$"):
+            next_params(config, [], [], seed=0)
+    assert next_params({"method": "random", "parameters": params, "scheduler": {"engine": "wandb"}}, [], [], 0)
+
+
+def test_bayes_follows_the_goal_and_random_ignores_the_results():
+    parameters = {"x": {"distribution": "uniform", "min": 0.0, "max": 1.0}}
+    done = [({"x": i / 20}, i / 20) for i in range(20)]           # the metric is x itself
+    taken = [p for p, _ in done]
+    for goal, better in (("minimize", lambda x: x < 0.5), ("maximize", lambda x: x > 0.5)):
+        config = {"method": "bayes", "parameters": parameters, "metric": {"name": "m", "goal": goal}}
+        xs = [next_params(config, done, taken, seed)["x"] for seed in range(5)]
+        assert sum(map(better, xs)) >= 4, (goal, xs)
+    lowest = {"method": "bayes", "parameters": parameters, "metric": {"name": "m"}}   # goal: minimize by default
+    assert sum(next_params(lowest, done, taken, seed)["x"] < 0.5 for seed in range(5)) >= 4
+    random_config = {"method": "random", "parameters": parameters, "metric": {"name": "m"}}
+    flipped = [(p, -v) for p, v in done]
+    assert next_params(random_config, done, taken, 3) == next_params(random_config, flipped, taken, 3)
+
+
+@pytest.mark.parametrize("dist", sorted(set(DISTRIBUTIONS) - {"beta", "q_beta"}))
+def test_bayes_maps_every_sampled_value_into_its_space_and_back(dist):
+    """A finished trial's value must be told to Optuna as the point that decodes to it again."""
+    from blueberry.sweep.engine import _Codec
+
+    spec = {"distribution": dist, **DISTRIBUTIONS[dist][0]}
+    codec, rng = _Codec(spec, dist), random.Random(1)
+    for v in (sample_value(spec, dist, rng) for _ in range(50)):
+        x = codec.encode(v)
+        assert codec.distribution._contains(codec.distribution.to_internal_repr(x)), (v, x)
+        assert codec.decode(x) == pytest.approx(v, rel=1e-6, abs=1e-9), (v, x)
+    with pytest.raises(UserError, match="^distribution 'beta' has no Optuna mapping in the local bayes engine; "
+                                        "use method random for it$"):
+        _Codec({"a": 1, "b": 1}, "beta")
+
+
+def test_bayes_sees_taken_but_unfinished_trials_as_running():
+    a, b = {"x": 1}, {"x": 2}
+    assert _still_running([a, a, b, a], [(a, 0.3), ({"x": 1.0}, 0.2)]) == [b, a]   # two of the three a's ended
+    assert _still_running([a], []) == [a] and _still_running([a], [(a, None)]) == []
 
 
 def test_random_categorical_honours_probabilities_and_nesting():
@@ -185,6 +291,17 @@ def test_bands():
     assert hyperband_bands({"type": "hyperband", "min_iter": 2, "eta": 3})[:4] == [2, 6, 18, 54]
     assert hyperband_bands({"type": "hyperband", "max_iter": 27, "s": 2, "eta": 3}) == [3, 9]
     assert hyperband_bands({"type": "hyperband", "max_iter": 5, "s": 2, "eta": 2}) == [1, 2]
+
+
+def test_hyperband_defaults_eta_3_and_edges_of_the_bands():
+    """W&B's schema fills eta=3; a band of exactly 1 iteration counts, below 1 the list ends; min_iter
+    gives 100 bands (k = 0..99)."""
+    assert hyperband_bands({"type": "hyperband", "max_iter": 9, "s": 3}) == [1, 3]
+    assert hyperband_bands({"type": "hyperband", "min_iter": 1}) == [3 ** k for k in range(100)]
+    histories = {f"r{v}": [float(v)] for v in range(1, 7)}   # six runs at band 1; threshold index int(6 / eta)
+    for eta, stopped in [(None, ["r4", "r5", "r6"]), (3, ["r4", "r5", "r6"]), (4, ["r3", "r4", "r5", "r6"])]:
+        et = {"type": "hyperband", "min_iter": 1, **({"eta": eta} if eta else {})}
+        assert runs_to_stop({"metric": {"name": "loss"}, "early_terminate": et}, histories, set(histories)) == stopped
 
 
 def test_hyperband_wandb_docstring_example():

@@ -27,14 +27,14 @@ def fake_sweep(parameters, **extra):
 
 def run_sweep(path, config, *, workers=1, count=None, overrides=(), poll_s=0.1):
     sweep = SweepDir.open(path, config, name="t", overrides=list(overrides), seed=0)
-    code = LocalRunner(sweep, workers=workers, count=count, poll_s=poll_s).run()
+    code = LocalRunner(sweep, workers=workers, count=count, poll_s=poll_s, cwd=path.parent).run()
     return code, sweep.trials()
 
 
 def test_grid_runs_every_point_once_and_records_a_failed_trial(tmp_path):
     config = fake_sweep({"values": {"values": ["1,0.9", "1,0.5", "1,0.7"]}, "fail": {"values": ["false", "true"]}})
     code, trials = run_sweep(tmp_path / "s", config, workers=2)
-    assert code == 0
+    assert code == 1   # a failed trial fails the sweep, after every other trial ran
     assert sorted((t.params["values"], t.params["fail"]) for t in trials) == \
         sorted((v, f) for v in ["1,0.9", "1,0.5", "1,0.7"] for f in ["false", "true"])
     assert {t.status for t in trials if t.params["fail"] == "true"} == {"failed"}
@@ -100,7 +100,8 @@ def test_a_different_sweep_in_the_same_dir_is_refused(tmp_path):
 
 
 def test_quickstart_sweep_end_to_end_and_resume_after_interruption(tmp_path):
-    """A real 4-trial grid on the tiny preset: interrupted mid-trial, then resumed to the end."""
+    """A real 8-trial grid (2 lr x 2 optimizers x 2 seeds) on the tiny preset: interrupted mid-trial, then
+    resumed to the end."""
     overrides = [f"--override={arg[2:]}" for arg in TINY] + ["--override=max_steps=12", "--override=eval_every=6",
                                                             "--override=save_best=false"]
     repo = Path(__file__).resolve().parents[1]
@@ -123,8 +124,8 @@ def test_quickstart_sweep_end_to_end_and_resume_after_interruption(tmp_path):
     res = run_cli(*args, cwd=tmp_path, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     trials = [json.loads(p.read_text()) for p in sorted((tmp_path / "sw" / "trials").glob("*/trial.json"))]
-    assert sorted((t["params"]["lr"], t["params"]["optimizer"]) for t in trials) == \
-        [(0.001, "adamw"), (0.001, "muon"), (0.003, "adamw"), (0.003, "muon")]
+    assert sorted((t["params"]["lr"], t["params"]["optimizer"], t["params"]["seed"]) for t in trials) == \
+        [(lr, opt, seed) for lr in (0.001, 0.003) for opt in ("adamw", "muon") for seed in (0, 1)]
     assert all(t["status"] == "finished" for t in trials)
     resumed = trials[0]
     assert resumed["attempts"] == 2
@@ -132,3 +133,4 @@ def test_quickstart_sweep_end_to_end_and_resume_after_interruption(tmp_path):
     steps = [r["step"] for r in rundir.read_metrics(run) if "train/loss" in r]
     assert steps == list(range(1, 13))
     assert "ranking" in res.stdout and "val/loss_best" in res.stdout
+    assert "noise: trials that differ only in seed are repeats" in res.stdout    # two seeds per config

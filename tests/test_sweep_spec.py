@@ -133,6 +133,24 @@ BAD = {   # yaml (method etc.), the YAML path reported, a piece of the message
                   "command[3]", "not a W&B macro (did you mean args?)"),
     "boolean flags": ("method: grid\ncommand: [blueberry, train, lm, '${args_no_boolean_flags}']\n"
                       "parameters: {save_best: {values: [true, false]}}", "command[3]", "bare --flag"),
+    "json file not a config": ("method: grid\ncommand: [blueberry, train, lm, '${args_json_file}']\n"
+                               "parameters: {lr: {value: 0.1}}", "command[3]", "as --config ${args_json_file}"),
+    "recipe in a json file": ("method: grid\ncommand: [blueberry, train, lm, --config, '${args_json_file}']\n"
+                              "parameters: {recipe: {value: {lr: 0.1}}}", "parameters.recipe", "takes fields only"),
+    "nested block in a json file": ("method: grid\ncommand: [blueberry, train, lm, --config, '${args_json_file}']\n"
+                                    "parameters: {name: {parameters: {a: {value: 1}}}}", "parameters.name",
+                                    "arrives as a mapping"),
+    "yaml text number": ("method: grid\nparameters: {warmup_steps: {values: [1e3]}}", "parameters.warmup_steps.values[0]",
+                         "write 1000"),
+    "yaml text float": ("method: grid\nparameters: {weight_decay: {values: [1e3]}}", "parameters.weight_decay.values[0]",
+                        "write 1.0e+3"),
+    "null value": ("method: grid\nparameters: {data: {value: null}}", "parameters.data.value", "null reaches"),
+    "nested recipe field": ("method: grid\nparameters: {recipe: {parameters: {lrr: {value: 0.1}}}}",
+                            "parameters.recipe.parameters.lrr", "not a field (did you mean lr?)"),
+    "nested recipe value": ("method: grid\nparameters: {recipe: {parameters: {dropout: {values: [0.1, 2.0]}}}}",
+                            "parameters.recipe.parameters.dropout.values[1]", "must be <= 1"),
+    "metric not logged": ("method: grid\nmetric: {name: val/los}\nparameters: {lr: {value: 0.1}}", "metric.name",
+                          "(did you mean val/loss?)"),
 }
 
 
@@ -210,6 +228,30 @@ def test_sweep_modules_import_no_torch_wandb_or_optuna():
             "blueberry.sweep.hyperband; print(sorted(m for m in ('torch', 'wandb', 'optuna') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_sweep_modules_form_no_import_circle():
+    """Every import between blueberry.sweep modules, at module level or inside a function, points one way."""
+    import ast
+    from pathlib import Path
+
+    import blueberry.sweep
+
+    folder = Path(blueberry.sweep.__file__).parent
+    graph = {}
+    for path in folder.glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("blueberry.sweep."):
+                found.add(node.module.rsplit(".", 1)[1])
+        graph[path.stem] = found
+
+    def reaches(start, goal, seen=()):
+        return any(n == goal or (n not in seen and reaches(n, goal, (*seen, n))) for n in graph.get(start, ()))
+
+    circles = sorted(m for m in graph if reaches(m, m))
+    assert circles == []
+    assert len(graph) >= 10 and "params" in graph["hyperband"] and "hyperband" in graph["wandb_spec"]
 
 
 def test_text_options_take_dict_values_as_rendered():

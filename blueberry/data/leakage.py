@@ -40,9 +40,12 @@ def val_window_starts(n_windows: int, max_windows: int) -> np.ndarray:
 
 
 def leak_fraction(train: np.ndarray, val: np.ndarray, seq_len: int, n: int,
-                  max_val_windows: int = 4000) -> float:
+                  max_val_windows: int = 4000, windows: np.ndarray | None = None) -> float:
     """Fraction of val windows (tokens[i*seq_len : (i+1)*seq_len + 1], as the trainer cuts them)
     holding an n-token span that also occurs in train.
+
+    `windows`: the indices of the windows to check (those evaluation reads); default: at most
+    `max_val_windows` spread evenly over the split.
 
     n is capped at the window length seq_len + 1 (then a window leaks when it occurs in train
     whole). 0.0 when val has no window or train is shorter than n.
@@ -51,8 +54,8 @@ def leak_fraction(train: np.ndarray, val: np.ndarray, seq_len: int, n: int,
     n_windows = (len(val) - 1) // seq_len
     if n_windows <= 0:
         return 0.0
-    windows = val_window_starts(n_windows, max_val_windows)
-    if len(train) < n:
+    windows = val_window_starts(n_windows, max_val_windows) if windows is None else windows[windows < n_windows]
+    if len(train) < n or not len(windows):
         return 0.0
     per_window = seq_len + 1 - n + 1
     hashes = np.stack([span_hashes(val[i * seq_len:(i + 1) * seq_len + 1], n) for i in windows])

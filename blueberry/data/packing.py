@@ -99,7 +99,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
         if n_windows < self.global_batch:
             of = f" of seq_len {seq_len}" if seq_len else ""
             raise UserError(f"train split has {n_windows} windows{of}; need at least batch_size × "
-                            f"processes = {self.global_batch}: lower seq_len or batch_size, or add data")
+                            f"processes = {self.global_batch}: lower {'seq_len or ' if seq_len else ''}batch_size, or add data")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in 0..{world_size - 1}")
         self.n_windows, self.batch_size = n_windows, batch_size

@@ -30,6 +30,8 @@ class Block(nn.Module):
 
 
 class Decoder(nn.Module):
+    _no_split_modules = ("Block",)   # one FSDP unit per block (Accelerate's TRANSFORMER_BASED_WRAP)
+
     def __init__(self, cfg, vocab_size: int):
         super().__init__()
         self.n_experts, self.top_k = cfg.n_experts, cfg.top_k

@@ -1,7 +1,7 @@
 """Mixture-of-experts FFN: top-k router, SwiGLU experts run as one grouped GEMM, shared experts.
 
 Nothing on the grouped path reads a tensor back to the host, so a GPU forward/backward never stalls
-on routing decisions.
+on routing decisions. On the CPU the experts run one after another instead (see grouped_by_default).
 """
 
 from typing import NamedTuple
@@ -119,6 +119,16 @@ def _grouped_swiglu_math(xs, offsets, w_gate, w_up, w_down):
 _grouped_swiglu_outside_graph = torch.compiler.disable(_grouped_swiglu_math)
 
 
+def grouped_by_default(device: torch.device) -> bool:
+    """The dispatch path a device gets when none is forced: the grouped GEMM everywhere but the CPU.
+
+    torch's CPU grouped GEMM is itself a loop over the groups, slower than the plain per-expert loop
+    (which keeps each expert's rows in cache): 0.84 x at moe-exp8's shape (benchmarks/moe_layer.py).
+    The loop's one read of the offsets costs nothing on the CPU, where there is no queue to wait for.
+    """
+    return device.type != "cpu"
+
+
 def _looped_swiglu(xs, offsets, w_gate, w_up, w_down):
     bounds = [0] + offsets.tolist()  # the layer's one host sync
     out = []
@@ -154,7 +164,8 @@ def dispatch(x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor,
 class Experts(nn.Module):
     """E SwiGLU experts as stacked [E, out, in] matrices (nn.Linear layout per expert)."""
 
-    grouped: bool | None = None   # dispatch's path: None = grouped GEMM where it applies (set to compare)
+    # dispatch's path: None = the device's default (grouped_by_default); True/False force one (to compare).
+    grouped: bool | None = None
 
     def __init__(self, n_experts: int, d_model: int, d_ff: int):
         super().__init__()
@@ -168,7 +179,10 @@ class Experts(nn.Module):
             # Autocast does not cover _grouped_mm; cast as it would cast an nn.Linear.
             dtype = torch.get_autocast_dtype(x.device.type)
             x, weights = x.to(dtype), tuple(w.to(dtype) for w in weights)
-        return dispatch(x, topk_idx, topk_w, *weights, grouped=self.grouped)
+        grouped = self.grouped
+        if grouped is None and not grouped_by_default(x.device):
+            grouped = False
+        return dispatch(x, topk_idx, topk_w, *weights, grouped=grouped)
 
 
 class MoE(nn.Module):

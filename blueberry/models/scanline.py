@@ -45,6 +45,8 @@ class LineTransformer(nn.Module):
     it arrives would; the class comes from the last line's token, which has read the whole window.
     """
 
+    _no_split_modules = ("TransformerEncoderLayer",)   # one FSDP unit per encoder layer
+
     def __init__(self, cfg, n_classes: int):
         super().__init__()
         self.cnn = LineCNN(cfg.cnn_channels)

@@ -57,6 +57,8 @@ class ScanlineViT(nn.Module):
     window, a line-index embedding, so attention sees where a patch sits along and across lines.
     """
 
+    _no_split_modules = ("TransformerEncoderLayer",)   # one FSDP unit per encoder layer
+
     def __init__(self, cfg, n_classes: int, line_length: int):
         super().__init__()
         if line_length % cfg.patch_size:

@@ -70,3 +70,12 @@ def build_optimizer(model: nn.Module, cfg: Any) -> torch.optim.Optimizer:
 def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     """The current lr of each named group, e.g. {"muon": 0.02, "adamw_decay": 1e-3, ...}."""
     return {g["name"]: float(g["lr"]) for g in optimizer.param_groups if "name" in g}
+
+
+def optimizer_state_bytes(model: nn.Module, cfg: Any) -> int:
+    """Bytes the optimizer's state will hold for `model` (meta tensors do): AdamW keeps two moments
+    per parameter, Muon one momentum buffer per hidden matrix (and AdamW's two on the rest)."""
+    parts = partition_params(model)
+    muon = cfg.optimizer == "muon"
+    return sum(p.numel() * p.element_size() * (1 if muon and kind == "hidden" else 2)
+               for kind, params in parts.items() for p in params)

@@ -107,6 +107,22 @@ class HybridMuon(torch.optim.Optimizer):
 
     def _muon_step(self, group: dict[str, Any]) -> None:
         lr, wd, momentum = group["lr"], group["weight_decay"], group["momentum"]
+
+        def orthogonalise(update: Tensor, p: Tensor) -> Tensor:
+            return zeropower_via_newtonschulz(update, group["ns_steps"], group["ns_coefficients"],
+                                              group["eps"], _ns_dtype(group["ns_dtype"], p))
+
+        def apply(p: Tensor, update: Tensor) -> None:
+            # Keller's shape scaling sqrt(max(1, out/in)) from each matrix's own (out, in).
+            out_dim, in_dim = p.shape[-2:]
+            local = p.to_local() if _is_dtensor(p) else p
+            local.mul_(1 - lr * wd)
+            local.add_(update, alpha=-lr * math.sqrt(max(1, out_dim / in_dim)))
+
+        # Under FSDP2 parameters are DTensors: their updates are orthogonalised together at the end
+        # (collectives batched); otherwise one at a time, so only one update is alive at once.
+        sharded = any(map(_is_dtensor, group["params"]))
+        params, updates = [], []
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -115,14 +131,16 @@ class HybridMuon(torch.optim.Optimizer):
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
             buf = state["momentum_buffer"]
-            buf.lerp_(grad, 1 - momentum)
+            buf.lerp_(grad, 1 - momentum)   # elementwise: a DTensor shard needs nothing from the others
             update = grad.lerp(buf, momentum) if group["nesterov"] else buf
-            update = zeropower_via_newtonschulz(update, group["ns_steps"], group["ns_coefficients"],
-                                                group["eps"], _ns_dtype(group["ns_dtype"], p))
-            # Keller's shape scaling sqrt(max(1, out/in)) from each matrix's own (out, in).
-            out_dim, in_dim = p.shape[-2:]
-            p.mul_(1 - lr * wd)
-            p.add_(update, alpha=-lr * math.sqrt(max(1, out_dim / in_dim)))
+            if sharded:
+                params.append(p)
+                updates.append(update)
+            else:
+                apply(p, orthogonalise(update, p))
+        if sharded:
+            for p, update in zip(params, orthogonalised_shards(params, updates, orthogonalise)):
+                apply(p, update)
 
     def _adamw_step(self, group: dict[str, Any]) -> None:
         params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
@@ -159,6 +177,66 @@ class HybridMuon(torch.optim.Optimizer):
              decoupled_weight_decay=True, amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
              weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
              grad_scale=getattr(self, "grad_scale", None), found_inf=getattr(self, "found_inf", None))
+
+
+def orthogonalised_shards(params: list[Tensor], updates: list[Tensor], orthogonalise) -> list[Tensor]:
+    """Newton–Schulz of sharded updates, as this rank's local shard of each result.
+
+    FSDP2 shards every parameter on dim 0 in whole rows (Shard(0) on a 1-D mesh). A stack [E, out, in]
+    then holds whole experts on each rank, so they are orthogonalised where they are, with no
+    communication, whether or not E divides by the world size. A matrix [out, in] is split across
+    rows: one owner rank per matrix (round robin) gathers it, runs Newton–Schulz once, and scatters
+    the rows back, so no matrix is computed twice (the zero-redundancy scheme of distributed Muon
+    implementations such as Dion's and the torch.optim.Muon distributed design). Every rank issues
+    the same collectives in the same order; gathers are all started before the first is awaited.
+    """
+    import torch.distributed as dist
+    from torch.distributed.tensor import Shard
+
+    results: list[Tensor | None] = [None] * len(params)
+    pending = []   # (index, owner, group, rows per rank, gather work, gather buffers)
+    for i, (p, u) in enumerate(zip(params, updates)):
+        if not _is_dtensor(p):
+            results[i] = orthogonalise(u, p)
+            continue
+        if p.device_mesh.ndim != 1 or tuple(p.placements) != (Shard(0),):
+            raise NotImplementedError(f"HybridMuon: DTensor placements {p.placements} on a {p.device_mesh.ndim}-D "
+                                      "mesh; only FSDP2's Shard(0) on one mesh dimension is supported")
+        local = u.to_local()
+        if p.ndim > 2:   # whole matrices on this rank (dim 0 is a batch dim)
+            results[i] = orthogonalise(local, p) if local.numel() else local.clone()
+            continue
+        group = p.device_mesh.get_group()
+        world, rank = dist.get_world_size(group), dist.get_rank(group)
+        rows = -(-p.shape[0] // world)   # torch.chunk's row count per rank; the last ones may hold fewer
+        owner = len(pending) % world
+        padded = local.new_zeros(rows, *p.shape[1:])
+        padded[:local.shape[0]] = local
+        buffers = [torch.empty_like(padded) for _ in range(world)] if rank == owner else None
+        work = dist.gather(padded, buffers, group=group, group_dst=owner, async_op=True)
+        pending.append((i, owner, group, rows, work, buffers))
+    scatters = []
+    for i, owner, group, rows, work, buffers in pending:
+        work.wait()
+        p = params[i]
+        pieces = None
+        if buffers is not None:
+            full = orthogonalise(torch.cat(buffers)[:p.shape[0]], p)
+            # In the update's dtype, which every rank knows (bf16 Newton–Schulz values are exact in fp32).
+            full = torch.cat([full, full.new_zeros(rows * len(buffers) - p.shape[0], *p.shape[1:])])
+            pieces = list(full.to(updates[i].dtype).split(rows))
+        out = torch.empty(rows, *p.shape[1:], dtype=updates[i].dtype, device=updates[i].device)
+        scatters.append((i, out, dist.scatter(out, pieces, group=group, group_src=owner, async_op=True)))
+    for i, out, work in scatters:
+        work.wait()
+        results[i] = out[:updates[i].to_local().shape[0]]
+    return results
+
+
+def _is_dtensor(t: Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
 
 
 def _ns_dtype(name: str, p: Tensor) -> torch.dtype:

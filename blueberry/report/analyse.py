@@ -1,8 +1,9 @@
 """What a report says about a set of runs: the table, seed groups, a noise-aware ranking, health
 warnings and an LR recommendation. Pure Python + numpy; figures live in plots.py.
 
-Noise rule (NOISE_RULE): two configs differ only when |Δmean| ≥ 2·sqrt(s_A²/n_A + s_B²/n_B), s being
-each config's std over its seeds, or the pooled within-config std for a config run once.
+Noise rule (NOISE_RULE, in noise.py): t-tests with their real degrees of freedom (paired over shared
+seeds, else Welch's), the pooled within-config std lent to a config run once and the verdict marked
+borrowed; bootstrap intervals of each config's mean.
 """
 
 from __future__ import annotations
@@ -20,9 +21,7 @@ from blueberry.config import RunConfig
 from blueberry.errors import UserError
 from blueberry.optim.schedules import SCHEDULES, lr_factor
 from blueberry.report.load import Run
-
-NOISE_RULE = ("configs differ only when |Δmean| ≥ 2·sqrt(s_A²/n_A + s_B²/n_B), s = the config's std over "
-              "its seeds, or the pooled within-config std for a config run once")
+from blueberry.report.noise import ALPHA, NOISE_RULE, Comparison, compare, mean_interval
 
 # Fields that name or place a run but do not change what it learns.
 IDENTITY_FIELDS = frozenset({"name", "out_dir", "resume", "stop_at_step", "cache_dir"})
@@ -217,9 +216,14 @@ class SeedGroup:
     n: int
     mean: float | None
     std: float | None         # over seeds (ddof 1); None under 2 values or 2 distinct seeds
+    ci_low: float | None = None    # bootstrap interval of the mean (noise.CONFIDENCE); None under 2 values
+    ci_high: float | None = None
     rank: int | None = None
     delta_to_leader: float | None = None
     within_noise_of_leader: bool | None = None   # None: no noise estimate
+    p_vs_leader: float | None = None
+    test_vs_leader: str | None = None            # paired | welch | borrowed (another config's spread)
+    value_seeds: list[Any] = field(default_factory=list)   # the seed of each entry of values
 
 
 @dataclass
@@ -227,7 +231,9 @@ class Pair:
     a: str
     b: str
     delta: float              # mean(b) − mean(a), a ranked above b
-    threshold: float | None   # 2·sqrt(s_a²/n_a + s_b²/n_b); None without a noise estimate
+    test: str | None          # paired | welch | borrowed (a side borrowed the pooled std); None: unknown
+    p_value: float | None
+    dof: float | None
     within_noise: bool | None
 
 
@@ -239,44 +245,44 @@ def seed_groups(runs: list[Run], stats: dict[str, RunStats], fields: list[str]) 
         by_key.setdefault(config_key(r), []).append(r)
     groups = []
     for members in by_key.values():
-        values = [stats[r.name].value for r in members if stats[r.name].value is not None]
+        valued = [r for r in members if stats[r.name].value is not None]
+        values = [stats[r.name].value for r in valued]
         # Reruns with the same seed measure only nondeterminism, which understates seed noise.
         seeded = len({json.dumps(r.config.get("seed")) for r in members}) >= 2
+        ci = mean_interval(values) if seeded else None
         groups.append(SeedGroup(
             label=label(members[0].config, shown), runs=[r.name for r in members],
             seeds=[r.config.get("seed") for r in members], values=values, n=len(values),
             mean=float(np.mean(values)) if values else None,
-            std=float(np.std(values, ddof=1)) if len(values) >= 2 and seeded else None))
+            std=float(np.std(values, ddof=1)) if len(values) >= 2 and seeded else None,
+            ci_low=ci[0] if ci else None, ci_high=ci[1] if ci else None,
+            value_seeds=[r.config.get("seed") for r in valued]))
     return groups
+
+
+def pooled_dof(groups: list[SeedGroup]) -> int:
+    """Degrees of freedom of the pooled std: Σ(n_i−1) over configs with their own spread."""
+    return sum(g.n - 1 for g in groups if g.std is not None)
 
 
 def pooled_std(groups: list[SeedGroup]) -> float | None:
     """sqrt(Σ(n_i−1)s_i² / Σ(n_i−1)) over configs run with ≥ 2 seeds: the seed noise of this setup."""
-    dof = sum(g.n - 1 for g in groups if g.std is not None)
+    dof = pooled_dof(groups)
     if not dof:
         return None
     return math.sqrt(sum((g.n - 1) * g.std ** 2 for g in groups if g.std is not None) / dof)
-
-
-def noise_threshold(n_a: int, s_a: float | None, n_b: int, s_b: float | None, pooled: float | None) -> float | None:
-    s_a = s_a if s_a is not None else pooled
-    s_b = s_b if s_b is not None else pooled
-    if s_a is None or s_b is None:
-        return None
-    return 2.0 * math.sqrt(s_a ** 2 / n_a + s_b ** 2 / n_b)
 
 
 def rank_groups(groups: list[SeedGroup], spec: MetricSpec) -> tuple[list[SeedGroup], list[Pair], float | None]:
     """Groups best first (those without a value last), with each vs the leader and each vs the next."""
     valued = sorted((g for g in groups if g.mean is not None), key=lambda g: g.mean,
                     reverse=spec.mode == "max")
-    pooled = pooled_std(groups)
+    pooled, dof = pooled_std(groups), pooled_dof(groups)
     pairs: list[Pair] = []
 
     def pair(a: SeedGroup, b: SeedGroup) -> Pair:
-        t = noise_threshold(a.n, a.std, b.n, b.std, pooled)
-        d = b.mean - a.mean
-        return Pair(a.label, b.label, d, t, None if t is None else abs(d) < t)
+        c: Comparison = compare(a.values, a.value_seeds, b.values, b.value_seeds, pooled, dof)
+        return Pair(a.label, b.label, b.mean - a.mean, c.test, c.p_value, c.dof, c.within_noise)
 
     for i, g in enumerate(valued):
         g.rank = i + 1
@@ -285,10 +291,24 @@ def rank_groups(groups: list[SeedGroup], spec: MetricSpec) -> tuple[list[SeedGro
             continue
         p = pair(valued[0], g)
         g.delta_to_leader, g.within_noise_of_leader = p.delta, p.within_noise
+        g.p_vs_leader, g.test_vs_leader = p.p_value, p.test
         pairs.append(p)
         if i >= 2:
             pairs.append(pair(valued[i - 1], g))
     return valued + [g for g in groups if g.mean is None], pairs, pooled
+
+
+def verdict(within: bool | None, test: str | None, p: float | None) -> str:
+    """'within noise' / 'apart' / 'unknown' with the p-value and the test, e.g. "apart (p=0.003,
+    paired)"; a verdict on a borrowed spread says so."""
+    if within is None:
+        return "unknown (no repeats)"
+    word = "within noise" if within else "apart"
+    return f"{word} (p={p:.2g}, {'borrowed std' if test == 'borrowed' else test})" if p is not None else word
+
+
+def interval(low: float | None, high: float | None) -> str:
+    return f"[{fmt(low)}, {fmt(high)}]" if low is not None and high is not None else ""
 
 
 def noise_note(groups: list[SeedGroup], pooled: float | None, spec: MetricSpec) -> str:
@@ -304,6 +324,10 @@ def noise_note(groups: list[SeedGroup], pooled: float | None, spec: MetricSpec) 
             f"rule: {NOISE_RULE}")
     if ties:
         text += f". Within noise of the leader ({valued[0].label}): {', '.join(ties)}"
+    borrowed = [g.label for g in valued if g.test_vs_leader == "borrowed"]
+    if borrowed:
+        text += (f". Verdicts that borrow the pooled std (a config without its own seed repeats): "
+                 f"{', '.join(borrowed)}; rerun them with more seeds to be sure")
     return text
 
 
@@ -312,7 +336,7 @@ def noise_note(groups: list[SeedGroup], pooled: float | None, spec: MetricSpec) 
 @dataclass
 class HealthWarning:
     run: str
-    kind: str                  # overfit | gap | schedule | unfinished | epochs | leakage | collapse | nan | divergence | failed
+    kind: str                  # overfit | gap | schedule | unfinished | epochs | leakage | near-duplicates | collapse | nan | divergence | failed
     message: str
     step: int | None = None
     severity: str = "warning"  # warning | note
@@ -358,10 +382,17 @@ def check_gap(run: Run) -> list[HealthWarning]:
     step, val, _ = vals[-1]
     recent = [v for s, v in trains if s <= step][-5:] or [v for _, v in trains][-5:]
     train = float(np.mean(recent))
-    if math.isfinite(train) and val - train > GAP_LOSS:
-        return [HealthWarning(run.name, "gap", f"val loss − train loss at step {step}: {val:.4g} − {train:.4g} = "
-                              f"{val - train:.3g} > {GAP_LOSS} (overfitting or a train/val mismatch)", step=step)]
-    return []
+    if not math.isfinite(train) or val - train <= GAP_LOSS:
+        return []
+    text = f"val loss − train loss at step {step}: {val:.4g} − {train:.4g} = {val - train:.3g} > {GAP_LOSS}"
+    epochs = next((r["epochs"] for r in reversed(run.rows) if r.get("step", math.inf) <= step and finite(r.get("epochs"))),
+                  run.summary.get("epochs"))
+    if finite(epochs) and epochs < 1.0:
+        # every train batch so far was new to the model, so train loss is itself a held-out loss
+        return [HealthWarning(run.name, "gap", f"{text} after {epochs:.2f} epochs: not overfitting (no train text "
+                              "seen twice yet); val differs from train (another source or domain?)",
+                              step=step, severity="note")]
+    return [HealthWarning(run.name, "gap", f"{text} (overfitting or a train/val mismatch)", step=step)]
 
 
 def check_schedule(run: Run, st: RunStats) -> list[HealthWarning]:
@@ -430,6 +461,20 @@ def check_leakage(run: Run) -> list[HealthWarning]:
         f"with train (leak_warn {limit:g}): val metrics overstate generalisation; deduplicate the corpus"))]
 
 
+def check_near_duplicates(run: Run) -> list[HealthWarning]:
+    """Near-duplicate documents the data pass found (clusters, documents, rate) above dedup_warn."""
+    data = run.summary.get("data") or {}
+    rate, limit = data.get("near_dup_rate"), run.config.get("dedup_warn", 0.01)
+    if not finite(rate) or not finite(limit) or rate <= limit:
+        return []
+    done = {"group": "kept on one side of the split; train repeats their text",
+            "drop": f"{data.get('near_dup_dropped', '?')} copies dropped"}.get(data.get("dedup"), "")
+    return [HealthWarning(run.name, "near-duplicates", (
+        f"{data.get('near_dup_clusters', '?')} clusters of near-duplicate documents, {data.get('near_dup_docs', '?')} "
+        f"documents ({rate:.1%} of {data.get('docs_before_dedup', '?')}; dedup_warn {limit:g})"
+        + (f": {done}" if done else "")), severity="warning" if data.get("dedup") == "group" else "note")]
+
+
 def check_collapse(run: Run) -> list[HealthWarning]:
     last = next((r for r in reversed(run.rows) if finite(r.get("moe/min_share"))), None)
     if last is None or last["moe/min_share"] >= COLLAPSE_SHARE:
@@ -466,7 +511,7 @@ def check_divergence(run: Run, spec: MetricSpec) -> list[HealthWarning]:
 
 def health_warnings(run: Run, st: RunStats, spec: MetricSpec) -> list[HealthWarning]:
     return (check_divergence(run, spec) + check_rise(run, st, spec) + check_gap(run) + check_schedule(run, st)
-            + check_epochs(run, st) + check_leakage(run) + check_collapse(run))
+            + check_epochs(run, st) + check_leakage(run) + check_near_duplicates(run) + check_collapse(run))
 
 
 # --- LR recommendation ---------------------------------------------------------------------------
@@ -478,6 +523,10 @@ class LRPoint:
     mean: float
     std: float | None
     runs: list[str]
+    values: list[float] = field(default_factory=list)
+    seeds: list[Any] = field(default_factory=list)
+    p_vs_best: float | None = None
+    test_vs_best: str | None = None
 
 
 @dataclass
@@ -493,7 +542,7 @@ class LRRecommendation:
 
 
 def lr_recommendations(runs: list[Run], stats: dict[str, RunStats], fields: list[str], spec: MetricSpec,
-                       pooled: float | None) -> list[LRRecommendation]:
+                       pooled: float | None, dof: int = 0) -> list[LRRecommendation]:
     """Per LR field that differs, and per setting of the other differing fields: the best LR and the
     LRs within noise of it. When no such series has two LRs (a random search), one marginal curve."""
     out = []
@@ -509,7 +558,7 @@ def lr_recommendations(runs: list[Run], stats: dict[str, RunStats], fields: list
         if not found and len({r.config[key] for r in usable}) >= 2:
             found, marginal = [({}, usable)], True
         for fixed, rs in found:
-            rec = _recommend(key, fixed, rs, stats, spec, pooled)
+            rec = _recommend(key, fixed, rs, stats, spec, pooled, dof)
             if marginal:
                 rec.notes.append(f"other fields vary too ({', '.join(others)}): this is the marginal over them")
             out.append(rec)
@@ -517,7 +566,7 @@ def lr_recommendations(runs: list[Run], stats: dict[str, RunStats], fields: list
 
 
 def _recommend(key: str, fixed: dict, runs: list[Run], stats: dict[str, RunStats], spec: MetricSpec,
-               pooled: float | None) -> LRRecommendation:
+               pooled: float | None, dof: int) -> LRRecommendation:
     by_lr: dict[float, list[Run]] = {}
     for r in runs:
         by_lr.setdefault(float(r.config[key]), []).append(r)
@@ -525,12 +574,15 @@ def _recommend(key: str, fixed: dict, runs: list[Run], stats: dict[str, RunStats
     for lr in sorted(by_lr):
         vals = [stats[r.name].value for r in by_lr[lr]]
         points.append(LRPoint(lr, len(vals), float(np.mean(vals)),
-                              float(np.std(vals, ddof=1)) if len(vals) >= 2 else None, [r.name for r in by_lr[lr]]))
+                              float(np.std(vals, ddof=1)) if len(vals) >= 2 else None, [r.name for r in by_lr[lr]],
+                              vals, [r.config.get("seed") for r in by_lr[lr]]))
     best = min(points, key=lambda p: p.mean if spec.mode == "min" else -p.mean)
     notes, within = [], []
     for p in points:
-        t = noise_threshold(best.n, best.std, p.n, p.std, pooled)
-        if p is best or (t is not None and abs(p.mean - best.mean) < t):
+        if p is not best:
+            c = compare(best.values, best.seeds, p.values, p.seeds, pooled, dof)
+            p.p_vs_best, p.test_vs_best = c.p_value, c.test
+        if p is best or c.within_noise:
             within.append(p.lr)
     if pooled is None and all(p.std is None for p in points):
         notes.append("no seed repeats: the range within noise is unknown (only the best LR is given)")
@@ -565,7 +617,7 @@ class Analysis:
     def to_json(self) -> dict[str, Any]:
         """Everything but the per-eval curves, JSON-safe (NaN/inf become null)."""
         return clean({
-            "metric": asdict(self.metric), "fields": self.fields, "noise_rule": NOISE_RULE,
+            "metric": asdict(self.metric), "fields": self.fields, "noise_rule": NOISE_RULE, "alpha": ALPHA,
             "noise": self.noise_note, "pooled_std": self.pooled_std,
             "ranking": [asdict(g) for g in self.groups], "pairs": [asdict(p) for p in self.pairs],
             "warnings": [asdict(w) for w in self.warnings],
@@ -595,7 +647,7 @@ def analyse(runs: list[Run], metric: str | None = None, sweep_metric: str | None
     columns, table = make_table(runs, stats, fields, groups, warnings, spec)
     return Analysis(metric=spec, fields=fields, stats=stats, columns=columns, table=table, groups=groups,
                     pairs=pairs, pooled_std=pooled, noise_note=noise_note(groups, pooled, spec), warnings=warnings,
-                    lr=lr_recommendations(runs, stats, fields, spec, pooled))
+                    lr=lr_recommendations(runs, stats, fields, spec, pooled, pooled_dof(groups)))
 
 
 def make_table(runs: list[Run], stats: dict[str, RunStats], fields: list[str], groups: list[SeedGroup],
@@ -606,7 +658,8 @@ def make_table(runs: list[Run], stats: dict[str, RunStats], fields: list[str], g
     n_warn = Counter(w.run for w in warnings if w.severity == "warning")
     columns = ["name", *fields, "best", "final", "best_step", "degradation_%", "steps", "max_steps",
                f"{unit}_seen", "epochs", "wall_time_s", f"{unit}_per_s", "params_total", "params_active",
-               "status", "group", "group_rank", "within_noise_of_leader", "warnings", "metric", "path"]
+               "status", "group", "group_rank", "group_mean", "ci95_low", "ci95_high", "within_noise_of_leader",
+               "p_vs_leader", "noise_test", "warnings", "metric", "path"]
     rows = []
     for r in runs:
         st, g = stats[r.name], group_of.get(r.name)
@@ -615,8 +668,10 @@ def make_table(runs: list[Run], stats: dict[str, RunStats], fields: list[str], g
                "max_steps": st.max_steps, f"{unit}_seen": st.seen, "epochs": st.epochs,
                "wall_time_s": st.wall_time_s, f"{unit}_per_s": st.throughput, "params_total": st.params_total,
                "params_active": st.params_active, "status": st.status, "group": g.label if g else None,
-               "group_rank": g.rank if g else None,
+               "group_rank": g.rank if g else None, "group_mean": g.mean if g else None,
+               "ci95_low": g.ci_low if g else None, "ci95_high": g.ci_high if g else None,
                "within_noise_of_leader": g.within_noise_of_leader if g else None,
+               "p_vs_leader": g.p_vs_leader if g else None, "noise_test": g.test_vs_leader if g else None,
                "warnings": n_warn.get(r.name, 0), "metric": spec.name,
                "path": str(r.path) if r.path else (r.url or "")}
         rows.append(row)

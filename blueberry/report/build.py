@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from blueberry import rundir
-from blueberry.report.analyse import Analysis, analyse, clean, fmt
+from blueberry.report.analyse import Analysis, analyse, clean, fmt, interval, verdict
 from blueberry.report.load import Loaded, Run, is_sweep_dir, load_runs
 
 HTML = "report.html"
@@ -171,14 +171,15 @@ def print_report(result: ReportResult, console=None, max_rows: int = 40) -> None
 
     if len([g for g in a.groups if g.mean is not None]) > 1 or a.has_seed_repeats:
         rank = Table(title="ranking by config (seed repeats grouped)")
-        for c, j in (("#", "right"), ("config", "left"), ("seeds", "right"), ("mean", "right"), ("± std", "right"),
-                     ("Δ vs #1", "right"), ("vs #1", "left")):
+        for c, j in (("#", "right"), ("config", "left"), ("seeds", "right"), ("mean", "right"), ("95% CI", "left"),
+                     ("± std", "right"), ("Δ vs #1", "right"), ("vs #1", "left")):
             rank.add_column(c, justify=j)
         for g in a.groups[:max_rows]:
-            verdict = ("" if g.rank == 1 else "[yellow]within noise[/yellow]" if g.within_noise_of_leader
-                       else "apart" if g.within_noise_of_leader is False else "[dim]unknown[/dim]")
-            rank.add_row(fmt(g.rank) if g.rank else "-", g.label, str(g.n), _num(g.mean), _num(g.std),
-                         _num(g.delta_to_leader) if g.rank and g.rank > 1 else "", verdict)
+            said = "" if g.rank == 1 else verdict(g.within_noise_of_leader, g.test_vs_leader, g.p_vs_leader)
+            style = "yellow" if said.startswith("within") else "dim" if said.startswith("unknown") else ""
+            rank.add_row(fmt(g.rank) if g.rank else "-", g.label, str(g.n), _num(g.mean), interval(g.ci_low, g.ci_high),
+                         _num(g.std), _num(g.delta_to_leader) if g.rank and g.rank > 1 else "",
+                         f"[{style}]{said}[/{style}]" if style else said)
         console.print(rank)
     console.print(f"[bold]noise[/bold]: {a.noise_note}")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from blueberry import rundir
-from blueberry.report.analyse import Analysis, fmt
+from blueberry.report.analyse import Analysis, fmt, interval, verdict
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
@@ -64,19 +64,19 @@ def write_html(path: Path, analysis: Analysis, figures: dict[str, Path], run_fig
     parts.append("<h2>Ranking</h2>")
     parts.append(f"<p><b>Noise:</b> {esc(a.noise_note)}</p>")
     ranking = [{"rank": g.rank, "config": g.label, "seeds": g.n,
-                "mean": g.mean, "std": g.std, "Δ vs leader": g.delta_to_leader,
-                "vs leader": ("leader" if g.rank == 1 else "within noise" if g.within_noise_of_leader
-                              else "apart" if g.within_noise_of_leader is False else "unknown (no repeats)"),
+                "mean": g.mean, "95% CI": interval(g.ci_low, g.ci_high), "std": g.std, "Δ vs leader": g.delta_to_leader,
+                "p vs leader": g.p_vs_leader,
+                "vs leader": ("leader" if g.rank == 1 else verdict(g.within_noise_of_leader, g.test_vs_leader, g.p_vs_leader)),
                 "runs": ", ".join(g.runs)} for g in a.groups]
-    parts.append(table(["rank", "config", "seeds", "mean", "std", "Δ vs leader", "vs leader", "runs"], ranking,
-                       left=("config", "vs leader", "runs"),
-                       row_class=lambda r: "tie" if r["vs leader"] == "within noise" else ""))
+    parts.append(table(["rank", "config", "seeds", "mean", "95% CI", "std", "Δ vs leader", "p vs leader", "vs leader",
+                        "runs"], ranking, left=("config", "95% CI", "vs leader", "runs"),
+                       row_class=lambda r: "tie" if r["vs leader"].startswith("within noise") else ""))
     if a.pairs:
-        pairs = [{"a": p.a, "b": p.b, "Δ": p.delta, "noise threshold": p.threshold,
-                  "verdict": "within noise" if p.within_noise else "apart" if p.within_noise is False else "unknown"}
-                 for p in a.pairs]
+        pairs = [{"a": p.a, "b": p.b, "Δ": p.delta, "test": p.test or "", "dof": p.dof, "p": p.p_value,
+                  "verdict": verdict(p.within_noise, p.test, p.p_value)} for p in a.pairs]
         parts.append("<details><summary>pairs compared</summary>"
-                     + table(["a", "b", "Δ", "noise threshold", "verdict"], pairs, left=("a", "b", "verdict")) + "</details>")
+                     + table(["a", "b", "Δ", "test", "dof", "p", "verdict"], pairs, left=("a", "b", "test", "verdict"))
+                     + "</details>")
 
     parts.append(f"<h2>Health warnings ({sum(w.severity == 'warning' for w in a.warnings)})</h2>")
     if a.warnings:

@@ -68,15 +68,35 @@ def is_sweep_dir(path: Path) -> bool:
     return path.is_dir() and (path / SWEEP_FILE).exists() and (path / "trials").is_dir()
 
 
-def read_run(path: Path, name: str | None = None, trial: dict | None = None, sweep: str | None = None) -> Run:
+def read_run(path: Path, name: str | None = None, trial: dict | None = None, sweep: str | None = None,
+             skipped: list[str] | None = None) -> Run:
+    """The run in `path`; UserError when its config.yaml is unreadable. Malformed metrics rows are
+    left out, with a line in `skipped` naming them."""
     path = Path(path)
     config = read_config_file(path / rundir.CONFIG) if (path / rundir.CONFIG).exists() else {}
     try:
         summary = rundir.read_summary(path)
-    except json.JSONDecodeError:
+        summary = summary if isinstance(summary, dict) else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
         summary = {}   # a summary is rewritten atomically, so this is a foreign file; the rows still count
-    return Run(name=name or path.name, path=path, config=config, summary=summary,
-               rows=rundir.read_metrics(path), trial=trial, sweep=sweep)
+    bad: list[int] = []
+    rows = rundir.read_metrics(path, bad)
+    if bad and skipped is not None:
+        shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+        skipped.append(f"{path / rundir.METRICS}: {len(bad)} malformed row(s) left out (line {shown}; "
+                       'a row is a JSON object with an integer "step")')
+    return Run(name=name or path.name, path=path, config=config, summary=summary, rows=rows, trial=trial,
+               sweep=sweep)
+
+
+def _read_or_skip(path: Path, skipped: list[str], **kwargs) -> Run | None:
+    """read_run, or None with a line in `skipped` when the run dir cannot be read: one bad run must
+    not stop a report on the others."""
+    try:
+        return read_run(path, skipped=skipped, **kwargs)
+    except (UserError, OSError) as e:
+        skipped.append(f"{path}: run left out ({e})")
+        return None
 
 
 def _trial_run_dir(sweep: SweepDir, trial: dict) -> Path | None:
@@ -104,8 +124,10 @@ def read_sweep(path: Path) -> tuple[list[Run], dict[str, Any], list[str]]:
         if run_path is None:
             skipped.append(f"{trial_file.parent}: no run dir (trial {trial.get('status', '?')})")
             continue
-        runs.append(read_run(run_path, name=str(trial.get("id") or trial_file.parent.name), trial=trial,
-                             sweep=str(path)))
+        run = _read_or_skip(run_path, skipped, name=str(trial.get("id") or trial_file.parent.name), trial=trial,
+                            sweep=str(path))
+        if run is not None:
+            runs.append(run)
     return runs, config, skipped
 
 
@@ -128,6 +150,11 @@ def load_runs(paths: list[str | Path], metric: str | None = None) -> Loaded:
         loaded.skipped.extend(skipped)
         sweep_configs.append((p, config))
 
+    def add_run(p: Path) -> None:
+        run = _read_or_skip(p, loaded.skipped)
+        if run is not None:
+            loaded.runs.append(run)
+
     for raw in paths:
         p = Path(raw)
         if not p.exists():
@@ -138,7 +165,7 @@ def load_runs(paths: list[str | Path], metric: str | None = None) -> Loaded:
         if is_sweep_dir(p):
             add_sweep(p)
         elif is_run_dir(p):
-            loaded.runs.append(read_run(p))
+            add_run(p)
         elif p.is_dir():
             children = sorted(c for c in p.iterdir() if c.is_dir())
             found = False
@@ -147,7 +174,7 @@ def load_runs(paths: list[str | Path], metric: str | None = None) -> Loaded:
                     add_sweep(c)
                     found = True
                 elif is_run_dir(c):
-                    loaded.runs.append(read_run(c))
+                    add_run(c)
                     found = True
             if not found:
                 raise UserError(f"{p}: holds no run dir (a folder with {rundir.METRICS} or {rundir.SUMMARY}) "

@@ -3,7 +3,9 @@ parallel coordinates over the swept parameters, parameter importance and a run c
 
 Online it is saved and its URL returned. Offline (no key, WANDB_MODE=offline, server unreachable)
 the same report is serialised to a JSON file instead — the W&B view spec the report model produces,
-wrapped with the project it is meant for — so the report can be checked, and built later online.
+its run sets naming the project (without the server's internal id, which only the server knows) —
+so the report can be checked, and built later online. The parameters come from the sweep: W&B's
+copy of it online, else the sweep YAML or `sweep local` dir given as `sweep_file`.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from typing import Any
 
 from blueberry import rundir
 from blueberry.errors import UserError
+from blueberry.sweep.params import varied_parameters
 
-# What an LR/optimizer study varies; used when the swept parameters cannot be asked from W&B.
+# What an LR/optimizer study varies; used only when no sweep says what was swept.
 DEFAULT_PARAMS = ("lr", "muon_lr", "optimizer", "seed")
 SPEC_FORMAT = "blueberry-wandb-report/1"
 
@@ -38,22 +41,34 @@ class WandbReportResult:
         return f"W&B report not saved ({self.offline_reason}); its spec is in {self.spec_path}"
 
 
-def build_wandb_report(project: str, entity: str | None = None, sweep: str | None = None,
-                       metric: str = "val/loss_best", params: list[str] | None = None,
+def build_wandb_report(project: str | None, entity: str | None = None, sweep: str | None = None,
+                       metric: str | None = None, params: list[str] | None = None,
                        out: str | Path | None = None, offline: bool | None = None, *,
-                       group: str | None = None, title: str | None = None) -> WandbReportResult:
+                       group: str | None = None, title: str | None = None,
+                       sweep_file: str | Path | None = None) -> WandbReportResult:
     """Build the report of `entity/project` (only `sweep`'s runs, or only run group `group` — the
     group of `blueberry sweep local` trials is the sweep name).
 
     metric: a summary key; `X_best` (the trainer's best-so-far) puts X's curves on the line plots.
-    params: config keys for parallel coordinates; None = the sweep's parameters (online), else the
-    config keys that differ between the project's runs (online), else DEFAULT_PARAMS (offline).
+    None: the sweep_file's metric, else val/loss_best.
+    params: config keys for parallel coordinates; None = the parameters `sweep_file` varies, else the
+    W&B sweep's (online), else the config keys that differ between the project's runs (online), else
+    DEFAULT_PARAMS.
+    sweep_file: a sweep YAML, or a `sweep local` sweep dir (its sweep.yaml): its parameters, and its
+    project: when `project` is None (else the trainer's default project).
     offline: None = decide by `require_wandb_server`; True = never touch the network; False = raise
     its UserError when W&B is out of reach.
     out: where the offline spec goes (default ./wandb-report-<project>[-<sweep>].json).
     """
     from blueberry.network import require_wandb_server
 
+    local_sweep = _read_sweep_file(sweep_file) if sweep_file else {}
+    if project is None:
+        from blueberry.config import RunConfig
+
+        project = local_sweep.get("project") or RunConfig.wandb_project
+    if metric is None:
+        metric = (local_sweep.get("metric") or {}).get("name") or "val/loss_best"
     if not project or "/" in project:
         raise UserError(f"project={project!r}: give the W&B project name (and the entity separately)")
     reason = None
@@ -75,11 +90,14 @@ def build_wandb_report(project: str, entity: str | None = None, sweep: str | Non
 
         api = wandb.Api(timeout=30)
         entity = entity or api.default_entity
-    if params is None:
+    if params is None and local_sweep:
+        params = varied_parameters(local_sweep.get("parameters"))
+    if not params:
         params = _swept_params(api, entity, project, sweep, group, notes) if online else None
         if not params:
             params = list(DEFAULT_PARAMS)
-            notes.append(f"parameters not known offline: parallel coordinates use {', '.join(params)}")
+            notes.append(f"swept parameters not known (give the sweep YAML with --sweep-file): parallel "
+                         f"coordinates use {', '.join(params)}")
     report = make_report(project, entity, sweep=sweep, group=group, metric=metric, curve=curve, params=params,
                          title=title, online=online)
     result = WandbReportResult(url=None, spec_path=None, offline_reason=reason, metric=metric, curve=curve,
@@ -96,7 +114,7 @@ def build_wandb_report(project: str, entity: str | None = None, sweep: str | Non
         path.parent.mkdir(parents=True, exist_ok=True)
         spec = {"format": SPEC_FORMAT, "entity": entity, "project": project, "sweep": sweep, "group": group,
                 "metric": metric, "curve": curve, "params": list(params), "offline_reason": result.offline_reason,
-                "notes": notes, "report": report_spec(report)}
+                "notes": notes, "report": report_spec(report, project, entity)}
         rundir.write_atomic(path, json.dumps(spec, indent=2, default=str) + "\n")
         result.spec_path = path
     return result
@@ -146,18 +164,44 @@ def make_report(project: str, entity: str | None, *, sweep: str | None, group: s
         ])
 
 
-def report_spec(report) -> dict[str, Any]:
-    """The W&B view spec (what `Report.save` uploads) as plain JSON."""
-    return report._to_model().model_dump(by_alias=True, exclude_none=True, mode="json")
+def report_spec(report, project: str, entity: str | None) -> dict[str, Any]:
+    """The W&B view spec (what `Report.save` uploads) as plain JSON, every run set naming `project`
+    (the model names it only with the server's internal id, which needs the server)."""
+    from wandb_workspaces.reports.v2 import internal
+
+    spec = report._to_model().model_dump(by_alias=True, exclude_none=True, mode="json")
+    named = internal.Project(name=project, entity_name=entity or "").model_dump(by_alias=True, exclude_none=True,
+                                                                               mode="json")
+
+    def name_projects(node: Any) -> None:
+        if isinstance(node, dict):
+            for runset in node.get("runSets", []) if isinstance(node.get("runSets"), list) else []:
+                if isinstance(runset, dict) and not runset.get("project"):
+                    runset["project"] = dict(named)
+            for value in node.values():
+                name_projects(value)
+        elif isinstance(node, list):
+            for value in node:
+                name_projects(value)
+
+    name_projects(spec)
+    return spec
+
+
+def _read_sweep_file(path: str | Path) -> dict[str, Any]:
+    """A sweep YAML, or the sweep.yaml of a `sweep local` sweep dir."""
+    from blueberry.sweep.spec import load_sweep
+
+    p = Path(path)
+    return load_sweep(p / "sweep.yaml" if p.is_dir() else p)
 
 
 def _swept_params(api, entity: str, project: str, sweep: str | None, group: str | None, notes: list[str]) -> list[str]:
-    """The sweep's parameters with more than one value, else config keys that differ between runs."""
+    """The parameters the sweep varies, else config keys that differ between runs."""
     if sweep:
         try:
             cfg = api.sweep(f"{entity}/{project}/{sweep}").config or {}
-            found = [k for k, spec in (cfg.get("parameters") or {}).items()
-                     if isinstance(spec, dict) and "value" not in spec and len(spec.get("values", (0, 0))) > 1]
+            found = varied_parameters(cfg.get("parameters"))
             if found:
                 return found
         except Exception as e:  # fall through to the runs' configs

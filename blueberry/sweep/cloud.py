@@ -23,13 +23,16 @@ def _require_server(command: str, sweep_file: str = "FILE") -> None:
 
 
 def create(config: dict[str, Any], sweep_file: str, *, project: str | None, entity: str | None) -> str:
-    """Register the sweep with W&B; returns ENTITY/PROJECT/ID for the agents."""
+    """Register the sweep with W&B; returns ENTITY/PROJECT/ID for the agents. The project defaults to the
+    YAML's, else the trainer's default (blueberry), so the sweep and its runs share one project."""
     _require_server("create", sweep_file)
     import wandb
 
-    sweep_id = wandb.sweep(config, project=project or config.get("project"), entity=entity or config.get("entity"))
+    from blueberry.config import RunConfig
+
+    project = project or config.get("project") or RunConfig.wandb_project
+    sweep_id = wandb.sweep(config, project=project, entity=entity or config.get("entity"))
     entity = entity or config.get("entity") or wandb.Api().default_entity
-    project = project or config.get("project") or "uncategorized"
     return f"{entity}/{project}/{sweep_id}"
 
 

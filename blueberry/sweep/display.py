@@ -24,6 +24,16 @@ def params_text(params: dict[str, Any], keys: list[str] | None = None) -> str:
     return " ".join(f"{k}={params[k]}" for k in (keys if keys is not None else params) if k in params)
 
 
+def effective_params(params: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """The swept values as the trial trains them: an --override of a swept key wins (the last one)."""
+    out = dict(params)
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key in out:
+            out[key] = value
+    return out
+
+
 def varying(trials: list[Trial]) -> list[str] | None:
     """The parameters whose values differ between trials (all of them when only one trial ran)."""
     keys = list(dict.fromkeys(k for t in trials for k in t.params))
@@ -31,7 +41,7 @@ def varying(trials: list[Trial]) -> list[str] | None:
     return differ if differ else None
 
 
-def trial_table(trials: list[Trial], metric: str, goal: str, title: str) -> Table:
+def trial_table(trials: list[Trial], metric: str, goal: str, title: str, overrides: list[str] = ()) -> Table:
     table = Table(title=title)
     for column in ("#", "trial", "status", "evals", metric, "params"):
         table.add_column(column, justify="right" if column in ("#", "evals", metric) else "left")
@@ -39,15 +49,16 @@ def trial_table(trials: list[Trial], metric: str, goal: str, title: str) -> Tabl
     for rank, t in enumerate(ranked(trials, goal), 1):
         value = "" if t.value is None else f"{t.value:.4g}"
         table.add_row(str(rank) if t.value is not None else "", t.id, t.status, str(len(t.history)), value,
-                      params_text(t.params, keys))
+                      params_text(effective_params(t.params, list(overrides)), keys))
     return table
 
 
 class SweepDisplay:
     """Call with (trials, running ids) after each poll; `close()` prints the final ranking."""
 
-    def __init__(self, name: str, metric: str, goal: str):
+    def __init__(self, name: str, metric: str, goal: str, overrides: list[str] = ()):
         self.name, self.metric, self.goal = name, metric or "metric", goal
+        self.overrides = list(overrides)
         self.console = Console(stderr=True)
         self.live = Live(console=self.console, refresh_per_second=1) if sys.stderr.isatty() else None
         self.seen: dict[str, str] = {}
@@ -56,15 +67,30 @@ class SweepDisplay:
 
     def __call__(self, trials: list[Trial]) -> None:
         if self.live:
-            self.live.update(trial_table(trials, self.metric, self.goal, f"sweep {self.name}"))
+            self.live.update(trial_table(trials, self.metric, self.goal, f"sweep {self.name}", self.overrides))
             return
         for t in trials:
             if self.seen.get(t.id) != t.status:
                 self.seen[t.id] = t.status
                 value = "" if t.value is None else f" {self.metric}={t.value:.4g}"
-                self.console.print(f"[{self.name}] {t.id} {t.status}{value}  {params_text(t.params)}")
+                shown = params_text(effective_params(t.params, self.overrides))
+                # one line per change, however long: a log reader (SLURM, grep) wants it whole
+                self.console.print(f"[{self.name}] {t.id} {t.status}{value}  {shown}", soft_wrap=True, markup=False,
+                                   highlight=False)
 
     def close(self, trials: list[Trial]) -> None:
         if self.live:
             self.live.stop()
-        Console().print(trial_table(trials, self.metric, self.goal, f"sweep {self.name}: ranking"))
+        Console().print(trial_table(trials, self.metric, self.goal, f"sweep {self.name}: ranking", self.overrides))
+        Console().print(noise_caveat(trials), highlight=False)
+
+
+def noise_caveat(trials: list[Trial]) -> str:
+    """The warning the report carries: without seed repeats a ranking cannot be told from noise."""
+    configs = [repr(sorted((k, repr(v)) for k, v in t.params.items() if k != "seed")) for t in trials
+               if t.value is not None]
+    if any(configs.count(c) > 1 for c in configs):
+        return ("noise: trials that differ only in seed are repeats; the report's verdicts (t-tests, p-values) "
+                "tell which differences exceed seed noise")
+    return ("noise: no seed repeats: differences between trials cannot be told from noise; give the sweep "
+            "seed: {values: [0, 1]} (or rerun the top configs with more seeds)")

@@ -21,7 +21,7 @@ from typing import Any
 
 from blueberry.errors import UserError
 from blueberry.sweep.command import as_delivered
-from blueberry.sweep.spec import distribution_of, is_finite_number, quantize, setting
+from blueberry.sweep.params import distribution_of, is_finite_number, quantize, setting
 
 NEST = ".wbnest[599c28ca25da]."   # W&B's HyperParameterSet.NESTING_DELIMITER; names the Optuna params
 Path = tuple[str, ...]

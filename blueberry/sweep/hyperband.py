@@ -21,7 +21,7 @@ import math
 from collections.abc import Collection, Hashable, Mapping, Sequence
 from typing import Any
 
-from blueberry.sweep.spec import is_finite_number
+from blueberry.sweep.params import is_finite_number
 
 
 def hyperband_bands(early_terminate: Mapping[str, Any]) -> list[int]:

@@ -1,10 +1,14 @@
 """`blueberry sweep local`: run a W&B sweep YAML with no W&B server.
 
 Each trial's argv is built from the YAML's `command` exactly as `wandb agent` builds it (plus
---override args, and --resume=auto so a re-run interrupted trial continues from its checkpoint),
-and runs as a subprocess in its own process group with the trial folder as cwd. Up to `workers`
-at once; Ctrl-C / SIGTERM stop every group (the trainer checkpoints on SIGTERM) and mark those
-trials interrupted, so running the same command again resumes the sweep.
+--override args, --resume=auto so a re-run interrupted trial continues from its checkpoint, and
+--out_dir=SWEEP_DIR/trials/tNNNN/runs so its run dirs stay in the sweep dir), and runs as a
+subprocess in its own process group from the directory `sweep local` was started in, as `wandb
+agent` runs it: relative paths in the command, in `program:`, in values and in overrides mean the
+same under both. Up to `workers` at once; Ctrl-C / SIGTERM stop every group (the trainer
+checkpoints on SIGTERM) and mark those trials interrupted, so running the same command again resumes
+the sweep. A trial still alive WANDB_AGENT_KILL_DELAY seconds (default 30, as the agent) after its
+SIGTERM is SIGKILLed.
 """
 
 from __future__ import annotations
@@ -20,14 +24,26 @@ from pathlib import Path
 from typing import Any
 
 from blueberry import rundir
-from blueberry.errors import EXIT_PREEMPTED
+from blueberry.errors import EXIT_PREEMPTED, STOP_FILE_ENV, UserError
 from blueberry.sweep.command import apply_overrides, args_json, build_command
 from blueberry.sweep.hyperband import runs_to_stop
-from blueberry.sweep.spec import sweep_options
+from blueberry.sweep.objective import run_value
+from blueberry.sweep.trial_options import sweep_options
 from blueberry.sweep.state import SweepDir, Trial
 
 POLL_S = 2.0
-STOP_GRACE_S = 120.0          # a SIGTERMed trainer checkpoints at the end of its current step
+TRIAL_DIR_ENV = "BLUEBERRY_TRIAL_DIR"   # a trial's folder in the sweep dir, for programs other than blueberry
+KILL_DELAY_ENV, KILL_DELAY_S = "WANDB_AGENT_KILL_DELAY", 30   # wandb agent's variable and default
+
+
+def kill_delay() -> int:
+    """Seconds from a trial's SIGTERM to its SIGKILL, read as `wandb agent` reads it (an integer)."""
+    text = os.environ.get(KILL_DELAY_ENV, str(KILL_DELAY_S))
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"{KILL_DELAY_ENV}={text!r}: must be a whole number of seconds "
+                        f"(wandb agent refuses it too); default {KILL_DELAY_S}") from None
 
 
 @dataclass
@@ -36,14 +52,19 @@ class Running:
     process: subprocess.Popen
     log: Any
     stopping: str | None = None   # "hyperband" or "shutdown" once we signalled it
+    signalled_at: float | None = None   # when the SIGTERM went; SIGKILL follows after the kill delay
 
 
 class LocalRunner:
     def __init__(self, sweep: SweepDir, *, workers: int = 1, count: int | None = None, show=None,
-                 poll_s: float = POLL_S):
-        """`show(trials)` is called with every trial after each poll (the live display)."""
+                 poll_s: float = POLL_S, cwd: str | Path | None = None):
+        """`show(trials)` is called with every trial after each poll (the live display); trials run in
+        `cwd` (default: the current directory, as under `wandb agent`)."""
         self.sweep, self.workers, self.count, self.poll_s = sweep, workers, count, poll_s
+        self.cwd = Path(cwd or os.getcwd())
+        self.kill_delay = kill_delay()
         self.overrides = list(sweep.meta.get("overrides", []))   # the sweep dir's, checked when it was opened
+        self.launch_config = sweep.meta.get("launch_config")     # an Accelerate config put in the command's place
         self.show = show or (lambda trials: None)
         self.running: dict[str, Running] = {}
         self.started = 0
@@ -73,8 +94,11 @@ class LocalRunner:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        self.show(self.sweep.trials())
-        return 128 + self.shutdown if self.shutdown else 0
+        trials = self.sweep.trials()
+        self.show(trials)
+        if self.shutdown:
+            return 128 + self.shutdown
+        return 1 if any(t.status == "failed" for t in trials) else 0
 
     def _on_signal(self, signum, _frame) -> None:
         if self.shutdown:        # a second Ctrl-C: no more waiting
@@ -83,7 +107,7 @@ class LocalRunner:
             return
         self.shutdown = signum
         for r in self.running.values():
-            r.stopping = "shutdown"
+            r.stopping, r.signalled_at = "shutdown", time.monotonic()
             _signal_group(r.process, signal.SIGTERM)
 
     # --- trials --------------------------------------------------------------------------------
@@ -92,8 +116,15 @@ class LocalRunner:
         json_file = folder / "args.json"
         json_file.write_text(args_json(trial.params))
         argv = build_command(self.sweep.config, trial.params, interpreter=sys.executable,
-                             args_json_file=str(json_file))
-        extra = list(self.overrides) + (["resume=auto"] if self.blueberry_trial else [])
+                             args_json_file=str(json_file.resolve()))
+        if self.launch_config:
+            argv = with_launch_config(argv, self.launch_config)
+        extra = list(self.overrides)
+        if self.blueberry_trial:
+            # W&B files a sweep's runs under the sweep's project and entity, whatever the trainer asks
+            config = self.sweep.config
+            where = [f"wandb_{key}={config[key]}" for key in ("project", "entity") if key in config]
+            extra = where + extra + ["resume=auto", f"out_dir={(folder / 'runs').resolve()}"]
         return apply_overrides(argv, extra) if extra else argv
 
     def _start(self, trial: Trial) -> None:
@@ -103,11 +134,13 @@ class LocalRunner:
         self.sweep.save(trial)
         # Untagged run dirs: an interrupted trial resumes whichever SLURM array task re-runs it.
         env = {**os.environ, "WANDB_RUN_GROUP": os.environ.get("WANDB_RUN_GROUP", self.sweep.name),
-               "BLUEBERRY_RUN_TAG": ""}
+               "BLUEBERRY_RUN_TAG": "", STOP_FILE_ENV: str(_stop_file(folder).resolve()),
+               TRIAL_DIR_ENV: str(folder.resolve())}
+        _stop_file(folder).unlink(missing_ok=True)
         if "OMP_NUM_THREADS" not in os.environ:   # workers share the cores instead of fighting for them
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.workers))
         log = open(folder / "output.log", "a")
-        process = subprocess.Popen(trial.argv, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(trial.argv, cwd=self.cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True, preexec_fn=_die_with_parent)
         self.running[trial.id] = Running(trial, process, log)
         self.started += 1
@@ -120,6 +153,8 @@ class LocalRunner:
             if code is not None:
                 self._finish(r, code)
             else:
+                if r.signalled_at is not None and time.monotonic() > r.signalled_at + self.kill_delay:
+                    _signal_group(r.process, signal.SIGKILL)   # as wandb agent after its kill delay
                 self._read_history(r.trial)
                 self.sweep.save(r.trial)
 
@@ -150,7 +185,7 @@ class LocalRunner:
         values = [row[self.sweep.metric] for row in rundir.read_metrics(run)
                   if isinstance(row.get(self.sweep.metric), (int, float))]
         trial.history = values
-        trial.value = values[-1] if values else None
+        trial.value = run_value(values, self.sweep.goal)
 
     def _hyperband(self, trials: list[Trial]) -> None:
         if self.shutdown or not self.sweep.config.get("early_terminate"):
@@ -160,8 +195,27 @@ class LocalRunner:
         candidates = {tid for tid, r in self.running.items() if r.stopping is None}
         for tid in runs_to_stop(self.sweep.config, histories, candidates):
             r = self.running[tid]
-            r.stopping = "hyperband"
+            r.stopping, r.signalled_at = "hyperband", time.monotonic()
+            _stop_file(self.sweep.trial_dir(tid)).touch()   # the trainer finishes "stopped", not preempted
             _signal_group(r.process, signal.SIGTERM)
+
+
+def with_launch_config(argv: list[str], launch_config: str) -> list[str]:
+    """argv with the value of its `--config_file` (`accelerate launch`'s) replaced by `launch_config`."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--config_file" and i + 1 < len(out):
+            out[i + 1] = launch_config
+            return out
+        if arg.startswith("--config_file="):
+            out[i] = f"--config_file={launch_config}"
+            return out
+    raise UserError(f"--launch-config {launch_config}: the sweep's command has no --config_file to replace "
+                    "(it applies to `accelerate launch --config_file FILE ...` commands)")
+
+
+def _stop_file(trial_dir: Path) -> Path:
+    return trial_dir / "stop-requested"
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:

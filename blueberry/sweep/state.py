@@ -2,11 +2,11 @@
 
 SWEEP_DIR/
     sweep.yaml            the sweep as given (W&B format)
-    sweep.json            name, seed, overrides: what makes two runners the same sweep
+    sweep.json            name, seed, overrides, launch config: what makes two runners the same sweep
     .lock                 flock'ed while a runner claims a trial
     trials/tNNNN/trial.json   params, argv, status, owner + heartbeat, metric history, value
     trials/tNNNN/output.log   the trial's stdout and stderr
-    trials/tNNNN/runs/        the trial's run dir(s) (the trial runs with this folder as cwd)
+    trials/tNNNN/runs/        the trial's run dir(s) (blueberry trials get --out_dir here)
 
 A trial is claimed under the lock, so two runners (two `sweep local` on one dir, a SLURM array)
 never start the same config. A runner that dies leaves its trials "running" with a heartbeat
@@ -50,7 +50,7 @@ class Trial:
     exit_code: int | None = None
     run_dir: str | None = None
     history: list[float] = field(default_factory=list)   # the sweep metric, one value per evaluation
-    value: float | None = None                            # its last value (W&B's summary value)
+    value: float | None = None                            # its best value (W&B's metric_extremum)
 
     def is_live(self, now: float) -> bool:
         """Running in a runner that is still alive (its heartbeat is recent)."""
@@ -75,19 +75,20 @@ class SweepDir:
 
     @classmethod
     def open(cls, path: str | Path, config: dict[str, Any], *, name: str, overrides: list[str],
-             seed: int) -> SweepDir:
+             seed: int, launch_config: str | None = None) -> SweepDir:
         """Create the sweep dir, or join it when it holds this same sweep (resume / another worker)."""
         path = Path(path)
-        meta = {"name": name, "seed": seed, "overrides": list(overrides)}
+        meta = {"name": name, "seed": seed, "overrides": list(overrides), "launch_config": launch_config}
         (path / "trials").mkdir(parents=True, exist_ok=True)
         sweep = cls(path, config, meta)
         with sweep.lock():
             if (path / "sweep.json").exists():
                 saved = json.loads((path / "sweep.json").read_text())
                 saved_config = yaml.safe_load((path / "sweep.yaml").read_text())
-                if saved_config != config or saved.get("overrides") != meta["overrides"]:
-                    raise UserError(f"{path}: holds another sweep (its sweep.yaml or overrides differ); "
-                                    "pass --dir for a new sweep dir")
+                if saved_config != config or saved.get("overrides") != meta["overrides"] or \
+                        saved.get("launch_config") != launch_config:
+                    raise UserError(f"{path}: holds another sweep (its sweep.yaml, overrides or launch config "
+                                    "differ); pass --dir for a new sweep dir")
                 sweep.meta = saved
             else:
                 rundir.write_atomic(path / "sweep.yaml", yaml.safe_dump(config, sort_keys=False))

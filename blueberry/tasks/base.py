@@ -21,6 +21,8 @@ class TaskData:
     epochs_at: Any                # callable(global_micro_batches: int) -> passes over the train split
     stats: dict[str, Any] = field(default_factory=dict)   # logged once to the summary and W&B
     payload: Any = None           # whatever the task keeps for building the model / evaluating
+    # digests of the data (and tokenizer) trained on: stored in checkpoints, checked on resume
+    fingerprint: dict[str, str] = field(default_factory=dict)
 
 
 class Task(Protocol):
@@ -40,7 +42,8 @@ class Task(Protocol):
 
     def evaluate(self, model, data: TaskData, cfg, accelerator, split: str = "val",
                  in_training: bool = False) -> tuple[dict[str, float], dict[str, Any]]:
-        """(scalar metrics named like "<split>/loss", figures by name). Same on every rank.
+        """(scalar metrics named like "<split>/loss", figures by name: matplotlib figures (saved as PNGs
+        and shown in W&B) or tasks.media Tables / Confusions (W&B only)). Same on every rank.
         in_training: the trainer's periodic evaluation, which may add training diagnostics."""
 
     def after_optimizer_step(self, model, cfg, accelerator) -> None:

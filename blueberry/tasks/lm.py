@@ -8,10 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from blueberry.config import LMConfig
+from blueberry.data.checks import data_warnings
+from blueberry.data.fingerprint import arrays_digest, text_digest
 from blueberry.data.packing import ShardedBatchSampler, Windows, eval_batches, train_batch_stream
 from blueberry.data.token_cache import build_text_data
 from blueberry.errors import UserError
 from blueberry.models.lm import Decoder
+from blueberry.tasks import media
 from blueberry.tasks.base import TaskData
 from blueberry.train.tracking import notice
 
@@ -22,7 +25,9 @@ class LMTask:
     splits = ("val",)
 
     def build_data(self, cfg: LMConfig, accelerator) -> TaskData:
-        text = build_text_data(cfg, main_process_first=accelerator.main_process_first)
+        # leakage is measured on the val windows evaluate() reads: the first eval_batches global batches
+        text = build_text_data(cfg, main_process_first=accelerator.main_process_first,
+                               eval_windows=cfg.eval_batches * cfg.batch_size * accelerator.num_processes)
         train, val = Windows(text.train, cfg.seq_len), Windows(text.val, cfg.seq_len)
         if len(val) == 0:
             raise UserError(f"val_fraction={cfg.val_fraction}: the val split has fewer than seq_len+1 "
@@ -32,13 +37,18 @@ class LMTask:
         order = ShardedBatchSampler(len(train), cfg.batch_size, rank, world, cfg.seed, seq_len=cfg.seq_len)
         leak = text.stats.get("leak_fraction", 0.0)
         if leak > cfg.leak_warn and accelerator.is_main_process:
-            notice(f"WARNING: {leak:.1%} of val windows share a {cfg.leak_ngram}-token span with train "
-                   f"(leak_warn={cfg.leak_warn}); val loss will flatter the model")
+            notice(f"WARNING: {leak:.1%} of the evaluated val windows share a {cfg.leak_ngram}-token span with "
+                   f"train (leak_warn={cfg.leak_warn}); val loss will flatter the model")
+        if accelerator.is_main_process:
+            for message in data_warnings(cfg, text.stats):
+                notice(f"WARNING: {message}")
         stats = {**text.stats, "train_windows": len(train), "val_windows": len(val), "vocab_size": text.vocab_size}
         return TaskData(train_batches=train_batch_stream(train, cfg.batch_size, cfg.seed, accelerator),
                         items_per_batch=cfg.batch_size * cfg.seq_len,
                         unit="tokens", epochs_at=order.epochs_at, stats=stats,
-                        payload={"val": val, "vocab_size": text.vocab_size})
+                        payload={"val": val, "vocab_size": text.vocab_size},
+                        fingerprint={"data": arrays_digest(text.train, text.val),
+                                     "tokenizer": text_digest(text.tokenizer.tokenizer.to_str())})
 
     def build_model(self, cfg: LMConfig, data: TaskData) -> Decoder:
         return Decoder(cfg, data.payload["vocab_size"])
@@ -68,10 +78,12 @@ class LMTask:
         totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss sum, correct, tokens
         for indices in eval_batches(len(val), cfg.eval_batches, cfg.batch_size,
                                     accelerator.process_index, accelerator.num_processes):
+            # A rank whose share ran out still runs a forward (of window 0, not counted): under
+            # FSDP2 every forward all-gathers, so all ranks must make the same number of them.
+            x, y = (t.to(accelerator.device) for t in val.batch(indices or [0]))
+            logits, _ = model(x)
             if not indices:
                 continue
-            x, y = (t.to(accelerator.device) for t in val.batch(indices))
-            logits, _ = model(x)
             loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum")
             correct = (logits.argmax(-1) == y).sum()
             totals += torch.stack([loss.double(), correct.double(), torch.tensor(y.numel(), dtype=torch.float64,
@@ -90,6 +102,7 @@ class LMTask:
             metrics.update(expert_load_metrics(load))
             if accelerator.is_main_process:
                 figures["moe/expert_load"] = expert_load_figure(load)
+                figures["moe/expert_load_table"] = expert_load_table(load)
         return metrics, figures
 
     def after_optimizer_step(self, model, cfg: LMConfig, accelerator) -> None:
@@ -119,6 +132,13 @@ def expert_load_metrics(load: torch.Tensor) -> dict[str, float]:
     metrics["moe/min_share"] = float(share.min() * n_experts)
     metrics["moe/max_share"] = float(share.max() * n_experts)
     return metrics
+
+
+def expert_load_table(load: torch.Tensor) -> media.Table:
+    """The expert-load matrix for W&B: one row per layer, the token share of each expert."""
+    share = (load / load.sum(-1, keepdim=True).clamp(min=1)).double()
+    return media.Table(["layer"] + [f"expert{e}" for e in range(share.shape[-1])],
+                       [[layer, *row] for layer, row in enumerate(share.tolist())])
 
 
 def expert_load_figure(load: torch.Tensor):

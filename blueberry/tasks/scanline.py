@@ -14,10 +14,12 @@ from torchmetrics.functional.classification import (multiclass_accuracy, multicl
                                                     multiclass_confusion_matrix, multiclass_recall)
 
 from blueberry.config import ScanlineConfig
+from blueberry.data.fingerprint import arrays_digest
 from blueberry.data.packing import ShardedBatchSampler, eval_batches, train_batch_stream
 from blueberry.data.scanline import ScanlineWindows, augmentation, class_weights, load_source, split_by_image
 from blueberry.errors import UserError
 from blueberry.models.scanline import build_scanline_model
+from blueberry.tasks import media
 from blueberry.tasks.base import TaskData
 
 
@@ -53,7 +55,9 @@ class ScanlineTask:
         return TaskData(train_batches=train_batch_stream(train, cfg.batch_size, cfg.seed, accelerator),
                         items_per_batch=cfg.batch_size, unit="samples", epochs_at=order.epochs_at, stats=stats,
                         payload={"eval": evaluation, "n_classes": source.n_classes,
-                                 "class_names": list(source.class_names), "line_length": source.lines.shape[-1]})
+                                 "class_names": list(source.class_names), "line_length": source.lines.shape[-1]},
+                        fingerprint={"data": arrays_digest(source.lines, source.line_labels,
+                                                           *(images[s] for s in sorted(images)))})
 
     def build_model(self, cfg: ScanlineConfig, data: TaskData):
         return build_scanline_model(cfg, data.payload["n_classes"], data.payload["line_length"])
@@ -92,10 +96,11 @@ class ScanlineTask:
         probs, targets = [], []
         for indices in eval_batches(len(dataset), cfg.eval_batches, cfg.batch_size,
                                     accelerator.process_index, accelerator.num_processes):
+            # A rank whose share ran out still runs a forward (not counted): FSDP2 all-gathers in each.
+            x, y = dataset.batch(indices or [0])
+            logits = model(x.to(accelerator.device)).float()
             if not indices:
                 continue
-            x, y = dataset.batch(indices)
-            logits = model(x.to(accelerator.device)).float()
             probs.append(logits.softmax(-1))
             targets.append(y)
         model.train(was_training)
@@ -107,7 +112,12 @@ class ScanlineTask:
                                          data.payload["class_names"], prefix=prefix or split)
         figures = {}
         if figure and accelerator.is_main_process:
-            figures[f"{split}/confusion_matrix"] = confusion_figure(probs, targets, data.payload["class_names"])
+            names = data.payload["class_names"]
+            figures[f"{split}/confusion_matrix"] = confusion_figure(probs, targets, names)
+            # W&B's own views of the same numbers: an interactive matrix and a per-class table
+            predictions = probs.argmax(-1)
+            figures[f"{split}/confusion_matrix_chart"] = media.Confusion(targets.tolist(), predictions.tolist(), names)
+            figures[f"{split}/per_class"] = per_class_table(predictions, targets, names)
         return metrics, figures
 
     def after_optimizer_step(self, model, cfg, accelerator) -> None:
@@ -131,6 +141,18 @@ def classification_metrics(probs: torch.Tensor, targets: torch.Tensor, n_classes
     for k, name in enumerate(class_names):
         metrics[f"{prefix}/recall/{name}"] = recall[k].item()
     return metrics
+
+
+def per_class_table(predictions: torch.Tensor, targets: torch.Tensor, class_names: list[str]) -> media.Table:
+    """Support, precision, recall and F1 of each class (a class never predicted has precision 0)."""
+    k = len(class_names)
+    counts = torch.bincount(targets * k + predictions, minlength=k * k).view(k, k).double()
+    hits, support, predicted = counts.diag(), counts.sum(1), counts.sum(0)
+    precision, recall = hits / predicted.clamp(min=1), hits / support.clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    rows = [[name, int(support[i]), precision[i].item(), recall[i].item(), f1[i].item()]
+            for i, name in enumerate(class_names)]
+    return media.Table(["class", "support", "precision", "recall", "f1"], rows)
 
 
 def confusion_figure(probs: torch.Tensor, targets: torch.Tensor, class_names: list[str]):

@@ -1,21 +1,29 @@
 """Atomic checkpoints of the full Accelerate state (model, optimizer, scheduler, RNG, trainer state).
 
-Every rank writes into checkpoints/.tmp-step-N; once all are done the main process renames it to
-step-N. A crash or signal mid-save leaves only a .tmp folder, which nothing reads. `best` is a
+Every rank writes into checkpoints/.tmp-step-N; once all are done the main process writes
+manifest.json (size and SHA-256 of every file) and renames the folder to step-N. A crash or signal
+mid-save leaves only a .tmp folder, which nothing reads (and a failed save removes). `best` is a
 symlink swapped atomically; rotation keeps the last `keep_last` steps and whatever `best` points at.
+Resume and `evaluate` check the manifest first, so a damaged file is named in one line and the
+newest intact checkpoint is used instead. No torch here: the CLI checks checkpoints before any
+expensive import.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from blueberry import rundir
+from blueberry.errors import RunFailed, UserError
 
 BEST = "best"
+MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -30,6 +38,7 @@ class TrainerState:
     best_step: int | None = None
     evals_since_best: int = 0
     wandb_id: str | None = None
+    fingerprint: dict[str, str] = field(default_factory=dict)   # the data and tokenizer it trained on
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -48,15 +57,23 @@ def save(accelerator, run_dir: Path, step: int, *, keep_last: int, best: bool = 
     final = step_dir(run_dir, step)
     tmp = final.with_name(f".tmp-{final.name}")
     if not final.exists():
-        if accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            _fsync_tree(tmp)
-            os.rename(tmp, final)
+        try:
+            if accelerator.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            accelerator.wait_for_everyone()
+            accelerator.save_state(str(tmp))
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                _write_manifest(tmp, step)
+                os.rename(tmp, final)
+        except BaseException as e:
+            why = _write_failure(e, tmp.parent) if isinstance(e, Exception) else None
+            shutil.rmtree(tmp, ignore_errors=True)   # never leave a half-written checkpoint behind
+            if why:
+                raise RunFailed(f"checkpoint {final}: not written ({why}); the partial copy was removed and "
+                                "earlier checkpoints are intact; free space, then resume") from e
+            raise
     if accelerator.is_main_process:
         if best:
             _point_best(run_dir, final)
@@ -65,12 +82,119 @@ def save(accelerator, run_dir: Path, step: int, *, keep_last: int, best: bool = 
     return final
 
 
+_FULL_BELOW = 64 << 20   # bytes free under which a failed save is put down to a full disk
+
+
+def _write_failure(e: Exception, folder: Path) -> str | None:
+    """Why a save failed when the filesystem is to blame (full, quota, read-only), else None (a bug).
+    torch and safetensors wrap the OSError of a full disk in their own errors, so look at the space."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if free is not None and free < _FULL_BELOW:
+        return f"the disk is full: {free / 2**20:.1f} MiB free; {_first_line(e)}"
+    if isinstance(e, OSError):
+        return f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _write_manifest(folder: Path, step: int) -> None:
+    """Size and SHA-256 of every file, written last; fsyncs each file on the way (a power cut after the
+    rename must not leave empty files)."""
+    files = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.name != MANIFEST:
+            _fsync(p)
+            files[str(p.relative_to(folder))] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+    rundir.write_atomic(folder / MANIFEST, json.dumps({"step": step, "files": files}, indent=1) + "\n")
+
+
+def _is_model_file(name: str) -> bool:
+    return Path(name).parts[0].startswith(("model", "pytorch_model"))
+
+
+def damage(ckpt: Path, model_only: bool = False) -> str | None:
+    """None when the checkpoint is intact (`model_only`: its model weights, all `evaluate` reads), else
+    what is wrong, naming the file. A checkpoint written before manifests existed counts as intact
+    when its model file is there."""
+    ckpt = Path(ckpt)
+    if not ckpt.is_dir():
+        return f"{ckpt}: no such checkpoint folder"
+    try:
+        manifest = json.loads((ckpt / MANIFEST).read_text())
+        files = manifest["files"]
+    except FileNotFoundError:
+        return None if (ckpt / "model.safetensors").exists() or any(ckpt.glob("pytorch_model*")) \
+            else f"{ckpt}: no model weights and no {MANIFEST}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{ckpt / MANIFEST}: unreadable"
+    if model_only:
+        files = {name: want for name, want in files.items() if _is_model_file(name)}
+    for name, want in files.items():
+        path = ckpt / name
+        if not path.is_file():
+            return f"{path}: missing"
+        if path.stat().st_size != want["size"]:
+            return f"{path}: {path.stat().st_size} bytes, {want['size']} were written (truncated or damaged)"
+    for name, want in files.items():   # sizes first: they find a truncation without reading anything
+        if _sha256(ckpt / name) != want["sha256"]:
+            return f"{ckpt / name}: checksum differs from the one written with it (damaged)"
+    return None
+
+
+def newest_intact(run_dir: Path, model_only: bool = False, skip: Path | None = None) -> tuple[Path | None, list[str]]:
+    """(the newest intact step checkpoint of the run, other than `skip`; what was wrong with each newer one)."""
+    problems = []
+    for _, ckpt in reversed(rundir.checkpoints(run_dir)):
+        if skip is not None and ckpt.resolve() == skip.resolve():
+            continue
+        problem = damage(ckpt, model_only)
+        if problem is None:
+            return ckpt, problems
+        problems.append(problem)
+    return None, problems
+
+
+def pick_intact(run_dir: Path, preferred: Path | None, what: str, notice, model_only: bool = False) -> Path | None:
+    """`preferred` when intact; else the newest intact step checkpoint, saying so through `notice`."""
+    if preferred is not None:
+        problem = damage(preferred, model_only)
+        if problem is None:
+            return preferred
+        notice(f"{what} checkpoint is damaged: {problem}")
+    ckpt, problems = newest_intact(run_dir, model_only, skip=preferred)
+    for problem in problems:
+        notice(f"skipping a damaged checkpoint: {problem}")
+    if ckpt is not None and (preferred is None or ckpt != preferred):
+        if preferred is not None or problems:
+            notice(f"using the newest intact checkpoint instead: {ckpt}")
+    return ckpt
+
+
 def resolve_resume(path: str | Path) -> tuple[Path, Path]:
-    """(run_dir, checkpoint dir) from a run dir or a checkpoint dir."""
+    """(run_dir, checkpoint dir) from a run dir or a checkpoint dir; a run dir gives its newest intact
+    checkpoint (FileNotFoundError when it has none)."""
     p = Path(path).resolve()
     if p.parent.name == rundir.CHECKPOINTS:
+        if not p.is_dir():
+            raise FileNotFoundError(p)
         return p.parent.parent, p
-    ckpt = rundir.latest_checkpoint(p)
+    if not (p / rundir.CHECKPOINTS).is_dir():
+        raise FileNotFoundError(p)
+    from blueberry.train.tracking import notice
+
+    ckpt = pick_intact(p, None, "latest", notice)
     if ckpt is None:
         raise FileNotFoundError(p)
     return p, ckpt
@@ -97,27 +221,34 @@ def _rotate(run_dir: Path, keep_last: int) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _fsync_tree(folder: Path) -> None:
-    """Flush file contents before the rename publishes them (a power cut must not leave empties)."""
-    for p in folder.rglob("*"):
-        if p.is_file():
-            fd = os.open(p, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def find_resume_checkpoint(resume: str, out_dir: str, name: str) -> Path | None:
     """The checkpoint `--resume` names: 'auto' finds one or returns None (a fresh start);
     a path that holds no checkpoint is an error."""
-    from blueberry.errors import UserError
-
     if resume == "auto":
         run_dir = rundir.find_resumable(out_dir, name)
-        return rundir.latest_checkpoint(run_dir) if run_dir else None
+        if run_dir is None:
+            return None
+        try:
+            return resolve_resume(run_dir)[1]
+        except FileNotFoundError:
+            raise UserError(f"resume=auto: {run_dir} has no intact checkpoint (see above); start a new run "
+                            "with another --name, or resume an earlier run dir") from None
     try:
-        return resolve_resume(resume)[1]
+        run_dir, ckpt = resolve_resume(resume)
     except FileNotFoundError:
-        raise UserError(f"resume={resume}: no checkpoint there; give a run dir with checkpoints/step-*, "
+        why = ("none is intact, see above" if rundir.checkpoints(Path(resume)) else "no checkpoints/step-*") \
+            if Path(resume).exists() else "no such folder"
+        raise UserError(f"resume={resume}: no checkpoint there ({why}); give a run dir with checkpoints/step-*, "
                         "a checkpoint dir, or auto") from None
+    problem = damage(ckpt)
+    if problem:
+        raise UserError(f"resume={resume}: {problem}; resume the run dir to use its newest intact checkpoint")
+    return ckpt

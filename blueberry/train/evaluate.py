@@ -17,27 +17,44 @@ from blueberry import rundir
 from blueberry.config import TASK_CONFIGS, read_config_file, resolve
 from blueberry.errors import UserError
 from blueberry.tasks import load_task
-from blueberry.train import checkpoint
+from blueberry.train import checkpoint, sharded
 from blueberry.train.figures import save_figures
+from blueberry.train.artifacts import fetch_model_artifact, is_artifact_reference
+from blueberry.train.tracking import checkpoint_step, log_evaluation, notice
 from blueberry.train.trainer import make_accelerator
 
 
 def pick_checkpoint(run_dir: Path, which: str) -> Path:
-    """best | latest | a checkpoint dir."""
-    if which == "best":
-        found = checkpoint.best_checkpoint(run_dir)
-    elif which == "latest":
-        found = rundir.latest_checkpoint(run_dir)
-    else:
-        found = Path(which) if (Path(which) / f"{SAFE_MODEL_NAME}.safetensors").exists() else None
-    if found is None:
-        raise UserError(f"checkpoint={which}: not found in {run_dir}; use best, latest or a checkpoint dir "
-                        f"(a run with save_best=false has no best)")
+    """best | latest | a checkpoint dir; a damaged best or latest gives way to the newest intact step
+    checkpoint, with a notice; a damaged checkpoint dir named by the user is an error naming the file."""
+    if which in ("best", "latest"):
+        preferred = checkpoint.best_checkpoint(run_dir) if which == "best" else rundir.latest_checkpoint(run_dir)
+        if which == "best" and preferred is None and rundir.checkpoints(run_dir):
+            notice(f"{run_dir} has no best checkpoint (save_best=false?); using the newest intact one")
+        found = checkpoint.pick_intact(run_dir, preferred, which, notice, model_only=True)
+        if found is None:
+            raise UserError(f"checkpoint={which}: {run_dir} has no intact checkpoint"
+                            + (" (see above)" if rundir.checkpoints(run_dir) else ""))
+        return found
+    found = Path(which)
+    if not (found / f"{SAFE_MODEL_NAME}.safetensors").exists() and not sharded.is_sharded(found):
+        raise UserError(f"checkpoint={which}: no {SAFE_MODEL_NAME}.safetensors there; use best, latest or a "
+                        "checkpoint dir")
+    problem = checkpoint.damage(found, model_only=True)
+    if problem:
+        raise UserError(f"checkpoint={which}: {problem}")
     return found
 
 
-def evaluate_run(run_dir: str | Path, split: str, which: str = "best") -> tuple[dict[str, float], Path]:
+def default_split(task, cfg) -> str:
+    """What `evaluate` reads when no --split is given: the test split when the run has one, else val."""
+    return "test" if "test" in task.splits and getattr(cfg, "test_fraction", 0) > 0 else "val"
+
+
+def evaluate_run(run_dir: str | Path, split: str | None = None, which: str = "best") -> tuple[dict[str, float], Path]:
     """Metrics of `which` checkpoint on `split`; also written to RUN_DIR/eval-<split>.json."""
+    if is_artifact_reference(str(run_dir)):   # a model Artifact version holds one checkpoint
+        run_dir, which = fetch_model_artifact(str(run_dir), "run_dir", Path("runs") / "artifacts"), "latest"
     run_dir = Path(run_dir)
     if not (run_dir / rundir.CONFIG).exists():
         raise UserError(f"{run_dir}: not a run dir (no {rundir.CONFIG})")
@@ -48,6 +65,7 @@ def evaluate_run(run_dir: str | Path, split: str, which: str = "best") -> tuple[
     cfg = resolve(TASK_CONFIGS[task_name], base=saved, source=str(run_dir / rundir.CONFIG))
     cfg = dataclasses.replace(cfg, eval_batches=2**31 - 1)   # the whole split, not the in-training sample
     task = load_task(task_name)
+    split = split or default_split(task, cfg)
     if split not in task.splits:
         raise UserError(f"split={split}: {task_name} runs have {', '.join(task.splits)}")
     ckpt = pick_checkpoint(run_dir, which)
@@ -55,17 +73,20 @@ def evaluate_run(run_dir: str | Path, split: str, which: str = "best") -> tuple[
     accelerator = make_accelerator(cfg)
     data = task.build_data(cfg, accelerator)
     model = task.build_model(cfg, data)
-    load_checkpoint_in_model(model, str(ckpt / f"{SAFE_MODEL_NAME}.safetensors"), strict=True)
+    try:
+        if sharded.is_sharded(ckpt):   # an FSDP run's model, as torch.distributed.checkpoint shards
+            model.load_state_dict(sharded.model_state_dict(ckpt, model))
+        else:
+            load_checkpoint_in_model(model, str(ckpt / f"{SAFE_MODEL_NAME}.safetensors"), strict=True)
+    except Exception as e:   # written by another version of the model, or damaged without a manifest
+        raise UserError(f"{ckpt / SAFE_MODEL_NAME}.safetensors: cannot be loaded into the run's model "
+                        f"({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]})") from None
     model = accelerator.prepare(model)
     metrics, figures = task.evaluate(model, data, cfg, accelerator, split=split)
     if accelerator.is_main_process:
-        save_figures(run_dir, {f"{split}/{name.split('/', 1)[-1]}": fig for name, fig in figures.items()})
+        media = save_figures(run_dir, {f"{split}/{name.split('/', 1)[-1]}": fig for name, fig in figures.items()})
         out = run_dir / f"eval-{split}.json"
-        rundir.write_atomic(out, json.dumps({"checkpoint": ckpt.name, "step": _step_of(ckpt), "split": split,
+        rundir.write_atomic(out, json.dumps({"checkpoint": ckpt.name, "step": checkpoint_step(ckpt), "split": split,
                                              "metrics": metrics}, indent=2) + "\n")
+        log_evaluation(run_dir, cfg, split=split, ckpt=ckpt, metrics=metrics, media=media)   # a linked W&B run
     return metrics, run_dir / f"eval-{split}.json"
-
-
-def _step_of(ckpt: Path) -> int | None:
-    match = rundir.STEP_DIR.match(ckpt.name)
-    return int(match.group(1)) if match else None

@@ -1,4 +1,5 @@
-"""Figures a task returns at evaluation land in RUN_DIR/plots/<name>.png (latest) for people and W&B."""
+"""Figures a task returns at evaluation land in RUN_DIR/plots/<name>.png (latest) for people and W&B;
+the task's other media (tasks.media Tables and Confusions) pass through to W&B as they are."""
 
 from __future__ import annotations
 
@@ -6,14 +7,18 @@ import os
 from pathlib import Path
 
 
-def save_figures(run_dir: Path, figures: dict) -> dict[str, Path]:
-    """Save each matplotlib figure atomically as plots/<name with / as __>.png and close it."""
+def save_figures(run_dir: Path, figures: dict) -> dict:
+    """Save each matplotlib figure atomically as plots/<name with / as __>.png and close it; returns
+    name -> PNG path, and the non-figure media unchanged (for the tracker)."""
     import matplotlib.pyplot as plt
 
     folder = Path(run_dir) / "plots"
     folder.mkdir(exist_ok=True)
     saved = {}
     for name, fig in figures.items():
+        if not hasattr(fig, "savefig"):
+            saved[name] = fig
+            continue
         path = folder / (name.replace("/", "__") + ".png")
         tmp = path.with_name(f".{path.name}.tmp")
         fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")

@@ -23,23 +23,26 @@ from tqdm.auto import tqdm
 
 from blueberry import rundir
 from blueberry.config import RunConfig, dump_yaml
-from blueberry.errors import EXIT_PREEMPTED, UserError
+from blueberry.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_PREEMPTED, RunFailed, UserError
 from blueberry.optim.build import build_optimizer
 from blueberry.optim.schedules import build_scheduler
-from blueberry.train import checkpoint
+from blueberry.train import checkpoint, sharded, sharding
 from blueberry.train.checkpoint import TrainerState
 from blueberry.train.figures import save_figures
-from blueberry.train.tracking import Tracker, choose_mode, notice
+from blueberry.train.progress import progress
+from blueberry.train.tracking import Tracker, choose_mode, notice, sweep_asked_to_stop
 
 
 
 class PreemptSignal:
-    """Turns SIGUSR1 / SIGTERM into a flag the loop checks after each optimizer step."""
+    """Turns SIGUSR1 / SIGTERM / SIGINT into a flag the loop checks after each optimizer step; a second
+    Ctrl-C interrupts at once."""
 
-    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.received: int | None = None
+        self.stop_requested = False   # the signal is a sweep's stop (finish as stopped), not a preemption
         self._previous: dict = {}
         self._pending = None    # (work, flag) of the all-reduce started at the previous step
         self._group = None
@@ -49,10 +52,24 @@ class PreemptSignal:
 
     def uninstall(self) -> None:
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            # Once stopping, a repeated SIGTERM (torchrun passes one on when another rank exits first)
+            # must not cut the summary and W&B's finish short; SIGKILL still ends the process.
+            stopping = self.received is not None and sig != signal.SIGINT
+            signal.signal(sig, signal.SIG_IGN if stopping else handler)
 
     def _handle(self, signum, _frame) -> None:
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            raise KeyboardInterrupt
+        if signum == signal.SIGINT:
+            notice("Ctrl-C: stopping after this step with a checkpoint (Ctrl-C again to abort at once)")
         self.received = signum
+        if signum != signal.SIGINT:
+            self.stop_requested = self.stop_requested or sweep_asked_to_stop()
+
+    def request_stop(self) -> None:
+        """W&B asked this run to stop (a sweep's early termination or the UI's Stop button)."""
+        self.stop_requested = True
+        self.received = self.received or signal.SIGTERM
 
     def any_rank(self, accelerator) -> bool:
         """Every rank must agree to stop at the same step, though signals reach them at different times.
@@ -67,13 +84,15 @@ class PreemptSignal:
 
         if self._group is None:
             self._group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
-        flag = torch.tensor([1.0 if self.received is not None else 0.0])
+        # 2 = a sweep's stop, 1 = any other signal: MAX makes every rank agree on the stop
+        flag = torch.tensor([2.0 if self.stop_requested else 1.0 if self.received is not None else 0.0])
         previous = self._pending
         self._pending = (dist.all_reduce(flag, dist.ReduceOp.MAX, group=self._group, async_op=True), flag)
         if previous is None:
             return False
         work, flag = previous
         work.wait()
+        self.stop_requested = flag.item() >= 2
         return bool(flag.item())
 
     def settle(self) -> None:
@@ -85,10 +104,14 @@ class PreemptSignal:
 
 def make_accelerator(cfg: RunConfig) -> Accelerator:
     # cpu=True without CUDA makes torchrun/srun/`accelerate launch` ranks form a gloo group.
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision, kwargs_handlers=[
+    # An FSDP launch config (launch/fsdp-*.yaml) shards with FSDP2 instead of DDP (train/sharding.py).
+    plugin = sharding.fsdp_plugin(cfg.mixed_precision)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
+                              fsdp_plugin=plugin, kwargs_handlers=[
         # Buffers (router bias, load counters) are kept equal by all-reduce; broadcasting rank 0's
         # copy every forward would overwrite each rank's load counts.
         DistributedDataParallelKwargs(broadcast_buffers=False)])
+    sharding.use_fsdp_on_cpu(accelerator, plugin)
     if cfg.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise UserError("mixed_precision=fp16: needs a GPU; use bf16 or no on CPU")
     return accelerator
@@ -106,16 +129,20 @@ def build_training(cfg: RunConfig, task, data, accelerator, scheduler_mode: str 
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, mode=scheduler_mode)
     model, optimizer = accelerator.prepare(model, optimizer)
+    sharding.keep_optimizer_state_lazy(accelerator, optimizer)
     return model, optimizer, scheduler, params
 
 
 def optimizer_step(cfg: RunConfig, task, accelerator, model, optimizer, scheduler, batches,
                    parts_sum: dict[str, torch.Tensor]):
     """One optimizer step of grad_accum micro-batches; adds each loss part's step mean to
-    parts_sum. Reads nothing back to the host: the gradient norm returned is a device tensor."""
+    parts_sum. Returns (gradient norm, items): the norm is a device tensor (nothing is read back to
+    the host); items counts the targets (tokens or samples) the micro-batches held on this process."""
     model.train()
+    items = 0
     for micro in range(cfg.grad_accum):
         batch = next(batches)
+        items += batch[-1].numel()   # a shape, not a host sync
         # Only the last micro-batch all-reduces gradients.
         sync = micro == cfg.grad_accum - 1
         with contextlib.nullcontext() if sync else accelerator.no_sync(model):
@@ -124,21 +151,38 @@ def optimizer_step(cfg: RunConfig, task, accelerator, model, optimizer, schedule
         for name, value in parts.items():
             parts_sum[name] = parts_sum.get(name, 0) + value.detach().float() / cfg.grad_accum
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+    grad_norm = sharding.full_tensor(grad_norm)   # under FSDP2 a DTensor over the shards
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     task.after_optimizer_step(model, cfg, accelerator)
-    return grad_norm
+    return grad_norm, items
 
 
-def train(cfg: RunConfig, task, resume_ckpt: Path | None = None) -> tuple[Path, int]:
-    """Train `task` under `cfg`; returns (run dir, exit code)."""
+def train(cfg: RunConfig, task, resume_ckpt: Path | None = None,
+          allowed_changes: dict[str, list] | None = None) -> tuple[Path, int]:
+    """Train `task` under `cfg`; returns (run dir, exit code). `allowed_changes` (field -> [old, new])
+    are the run-defining fields a resume was explicitly allowed to change; summary.json records them."""
     accelerator = make_accelerator(cfg)
     set_seed(cfg.seed)
+    locks: list[rundir.RunLock] = []   # the main process holds its run dir's lock while it trains
+    if resume_ckpt is not None and accelerator.is_main_process:
+        # before any data work: a second process on this run stops at once
+        locks.append(rundir.RunLock(resume_ckpt.parent.parent).acquire())
+    try:
+        return _train(cfg, task, accelerator, resume_ckpt, locks, allowed_changes or {})
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _train(cfg: RunConfig, task, accelerator, resume_ckpt: Path | None, locks: list, allowed_changes: dict):
     # Data first: bad input (a missing or malformed file) stops the run before any run dir exists.
-    data = task.build_data(cfg, accelerator)
+    data = _build_data(cfg, task, accelerator)
     cfg = budget_in_steps(cfg, data)
-    run_dir = _open_run_dir(cfg, resume_ckpt, accelerator)   # its config.yaml has epochs turned into steps
+    run_dir = _open_run_dir(cfg, resume_ckpt, accelerator)   # a resumed run's config.yaml is untouched yet
+    if resume_ckpt is None and accelerator.is_main_process:
+        locks.append(rundir.RunLock(run_dir).acquire())
     if cfg.warmup_steps >= cfg.max_steps and accelerator.is_main_process:
         notice(f"warmup_steps={cfg.warmup_steps} >= max_steps={cfg.max_steps}: the LR never reaches its peak")
     best = BestMetric.of(cfg, task)
@@ -147,15 +191,64 @@ def train(cfg: RunConfig, task, resume_ckpt: Path | None = None) -> tuple[Path, 
     # The scheduler is registered, not prepared: Accelerate's wrapper would step it once per process.
     accelerator.register_for_checkpointing(scheduler, state)
     if resume_ckpt is not None:
-        accelerator.load_state(str(resume_ckpt))
+        _load_checkpoint(accelerator, resume_ckpt)
+        sharded.rescale_data_position(state, resume_ckpt, accelerator.num_processes)
+        _check_fingerprint(state.fingerprint, data.fingerprint, resume_ckpt, allowed_changes)
+        # Only now, with the state loaded and checked, does the run record change.
         if accelerator.is_main_process:
+            rundir.write_atomic(run_dir / rundir.CONFIG, dump_yaml(cfg))
             rundir.truncate_metrics(run_dir, state.step)
     else:
         set_seed(cfg.seed, device_specific=True)   # different dropout per rank, same init
+    state.fingerprint = dict(data.fingerprint)
 
     tracker = Tracker(run_dir, enabled=accelerator.is_main_process)
     loop = _Loop(cfg, task, accelerator, model, optimizer, scheduler, data, state, tracker, run_dir, params, best)
+    loop.allowed_changes = allowed_changes
     return run_dir, loop.run(resumed=resume_ckpt is not None)
+
+
+def _build_data(cfg: RunConfig, task, accelerator):
+    """task.build_data, with an unwritable cache folder named in one line."""
+    from blueberry.data.sources import cache_root
+
+    try:
+        return task.build_data(cfg, accelerator)
+    except OSError as e:
+        root = cache_root(cfg)
+        if e.filename and Path(e.filename).resolve().is_relative_to(root):
+            raise UserError(f"cache_dir={cfg.cache_dir or root}: cannot write there ({e.strerror}); set "
+                            "--cache_dir or $BLUEBERRY_CACHE to a writable folder") from None
+        raise
+
+
+def _load_checkpoint(accelerator, ckpt: Path) -> None:
+    """Load the full state, or one line naming the checkpoint and what does not fit."""
+    try:
+        sharded.load_state(accelerator, ckpt)   # Accelerate's load_state, sharded checkpoints in any world
+    except UserError:
+        raise
+    except Exception as e:   # a damaged file (caught earlier when it has a manifest) or another model
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        mismatch = [line for line in lines if line.startswith(("size mismatch", "Missing key", "Unexpected key"))]
+        if mismatch:
+            raise UserError(f"checkpoint {ckpt}: its model does not fit this config ({mismatch[0][:200]})") from None
+        raise UserError(f"checkpoint {ckpt}: cannot be loaded ({type(e).__name__}: "
+                        f"{(lines or ['no detail'])[0][:200]})") from None
+
+
+def _check_fingerprint(saved: dict, current: dict, ckpt: Path, allowed_changes: dict) -> None:
+    """The data and tokenizer must be the ones the checkpoint trained on (old checkpoints carry none)."""
+    differing = [k for k in saved if k in current and saved[k] != current[k]]
+    if not differing:
+        return
+    what = " and ".join(differing)
+    if allowed_changes:
+        notice(f"the {what} differ from what {ckpt.name} trained on (allowed: {', '.join(allowed_changes)})")
+        return
+    raise UserError(f"checkpoint {ckpt}: the {what} differ from what it trained on (fingerprint "
+                    f"{', '.join(f'{k} {saved[k]} -> {current[k]}' for k in differing)}); the data files changed, "
+                    "or pass --allow-changed to continue on purpose")
 
 
 def budget_in_steps(cfg: RunConfig, data) -> RunConfig:
@@ -201,12 +294,23 @@ def _open_run_dir(cfg: RunConfig, resume_ckpt: Path | None, accelerator) -> Path
     """The main process creates (or reopens) the run dir and tells the other ranks."""
     holder = [None]
     if accelerator.is_main_process:
-        run_dir = resume_ckpt.parent.parent if resume_ckpt is not None else rundir.create_run_dir(cfg.out_dir, cfg.name)
-        rundir.write_atomic(run_dir / rundir.CONFIG, dump_yaml(cfg))
+        if resume_ckpt is not None:
+            run_dir = resume_ckpt.parent.parent   # config.yaml is rewritten once the checkpoint has loaded
+        else:
+            run_dir = rundir.create_run_dir(cfg.out_dir, cfg.name)
+            rundir.write_atomic(run_dir / rundir.CONFIG, dump_yaml(cfg))
         holder[0] = str(run_dir)
     if accelerator.num_processes > 1:
         broadcast_object_list(holder)
     return Path(holder[0])
+
+
+class Diverged(Exception):
+    """A non-finite training loss, gradient norm, validation loss or weight: the run stops here."""
+
+    def __init__(self, step: int, what: str):
+        super().__init__(f"{what} at step {step}")
+        self.step = step
 
 
 class _Loop:
@@ -216,11 +320,13 @@ class _Loop:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.data, self.state, self.tracker, self.run_dir = data, state, tracker, run_dir
         self.params = params
-        self.items_per_step = data.items_per_batch * cfg.grad_accum * accelerator.num_processes
         self.stop_step = cfg.stop_at_step or cfg.max_steps
         self.last_eval: dict[str, float] = {}
         self.last_train: dict[str, float] = {}
         self.status = "running"
+        self.reason: str | None = None   # why a run diverged or failed, for summary.json
+        self.allowed_changes: dict[str, list] = {}   # run-defining fields this resume may change
+        self.change_log: list[dict] = []             # every such change over the run's resumes
         self.preempt = PreemptSignal()
         self.wall_base, self.t0 = state.wall_time, time.time()
         self.wandb_mode = "disabled"
@@ -229,10 +335,14 @@ class _Loop:
     def run(self, resumed: bool) -> int:
         cfg, acc, state = self.cfg, self.acc, self.state
         self.preempt.install()
+        if resumed and acc.is_main_process:
+            with contextlib.suppress(ValueError, OSError):
+                self.change_log = list(rundir.read_summary(self.run_dir).get("allowed_changes") or [])
+        if self.allowed_changes:
+            self.change_log.append({"step": state.step, "fields": self.allowed_changes})
         self._start_tracking(resumed)
         exit_code = 0
-        bar = tqdm(total=cfg.max_steps, initial=state.step, desc=self.run_dir.name, unit="step",
-                   disable=not acc.is_main_process, dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
+        bar = progress(cfg.max_steps, state.step, self.run_dir.name, enabled=acc.is_main_process)
         try:
             batches = self.data.train_batches(state.micro_batches)
             if state.step == 0:
@@ -241,11 +351,12 @@ class _Loop:
             parts_sum: dict[str, torch.Tensor] = {}
             while state.step < self.stop_step:
                 lr_used = self._current_lrs()
-                grad_norm = self._optimizer_step(batches, parts_sum)
+                grad_norm, items = self._optimizer_step(batches, parts_sum)
+                items *= acc.num_processes   # the sampler deals every rank equal micro-batches
                 state.step += 1
                 state.micro_batches += cfg.grad_accum   # global: each spans every rank
-                state.items_seen += self.items_per_step
-                window_items += self.items_per_step
+                state.items_seen += items
+                window_items += items
                 window_steps += 1
                 bar.update(1)
 
@@ -263,27 +374,65 @@ class _Loop:
                     self.status = "early_stopped"
                     break
                 if self.preempt.any_rank(acc):
-                    self.status = "preempted"
-                    exit_code = EXIT_PREEMPTED
+                    interrupted = self.preempt.received == signal.SIGINT
+                    self.status = "interrupted" if interrupted else "preempted"
+                    exit_code = EXIT_INTERRUPTED if interrupted else EXIT_PREEMPTED
+                    if self.preempt.stop_requested:   # a sweep's stop (hyperband, W&B's Stop): not a failure
+                        self.status, exit_code = "stopped", 0
+                    elif exit_code == EXIT_PREEMPTED:
+                        self.tracker.mark_preempting()   # W&B's sweep re-queues the trial; it resumes
                     break
             else:
                 self.status = "finished" if state.step >= cfg.max_steps else "stopped"
             self.preempt.settle()
             self._save()
+        except Diverged as e:
+            self.preempt.settle()
+            self.status, self.reason, exit_code = "diverged", str(e), EXIT_DIVERGED
         except BaseException as e:
             self.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-            self._write_summary()
-            self.tracker.finish(exit_code=1)
+            if isinstance(e, OSError):   # e.g. disk full writing metrics.jsonl: one line, not a traceback
+                e = RunFailed(f"{e.filename or self.run_dir}: {e.strerror or e}; the run stopped at step "
+                              f"{state.step}, its checkpoints are intact")
+            self.reason = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+            self._close_record(exit_code=1)
+            if isinstance(e, RunFailed):
+                raise e from None
             raise
         finally:
             bar.close()
             self.preempt.uninstall()
-        self._write_summary()
-        self.tracker.finish(exit_code=0 if exit_code == 0 else exit_code)
+        self._close_record(exit_code)
         if acc.is_main_process:
-            notice(f"{self.status} at step {state.step}: {self.run_dir}")
+            notice(self._outcome())
         acc.end_training()
         return exit_code
+
+    def _outcome(self) -> str:
+        """The last line a run prints: how it ended and what to do next."""
+        state, run_dir = self.state, self.run_dir
+        resume = f"blueberry train {self.cfg.task} --resume {run_dir}"
+        if self.status == "diverged":
+            best = checkpoint.best_checkpoint(run_dir)
+            kept = (f"best checkpoint {best.name} ({self.best.name} {self.state.best_value:.4g}): "
+                    f"blueberry evaluate {run_dir}") if best else "no checkpoint was kept"
+            return f"diverged: {self.reason}; nothing non-finite was saved; {kept}; try a lower lr: {run_dir}"
+        if self.status == "interrupted":
+            return f"interrupted at step {state.step}, checkpoint saved; resume with: {resume}"
+        return f"{self.status} at step {state.step}: {run_dir}"
+
+    def _close_record(self, exit_code: int) -> None:
+        """summary.json with the true status, and the W&B run closed; neither may hide the first error."""
+        try:
+            self._write_summary()
+        except OSError as e:
+            if self.acc.is_main_process:
+                notice(f"could not update {self.run_dir / rundir.SUMMARY}: {e.strerror or e}")
+        try:
+            self.tracker.finish(exit_code=exit_code)
+        except Exception as e:   # W&B's own files on a full disk
+            if self.acc.is_main_process:
+                notice(f"W&B run not closed cleanly ({type(e).__name__}); metrics.jsonl is complete")
 
     def _optimizer_step(self, batches, parts_sum: dict[str, torch.Tensor]):
         return optimizer_step(self.cfg, self.task, self.acc, self.model, self.optimizer, self.scheduler,
@@ -310,6 +459,7 @@ class _Loop:
             stacked = acc.reduce(stacked, "mean") if acc.num_processes > 1 else stacked
             values = stacked.tolist()   # the one host sync of a logging step
         row = dict(zip(logged, values))
+        diverged = [k for k, v in row.items() if not math.isfinite(v)]   # no extra sync: values are on the host
         row.update(lr_used)
         row[f"train/{unit}_per_s"] = rate
         row[f"{unit}_seen"] = state.items_seen
@@ -317,6 +467,8 @@ class _Loop:
         row["time"] = self._wall_time()
         self.last_train = row
         self.tracker.log(state.step, row)
+        if diverged:
+            raise Diverged(state.step, f"{diverged[0]} is {row[diverged[0]]} (lr {row.get('lr', 0):.3g})")
         if "train/loss" in row:
             bar.set_postfix(loss=f"{row['train/loss']:.3f}", refresh=False)
 
@@ -342,14 +494,28 @@ class _Loop:
         if self.acc.is_main_process:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("val/"))
             tqdm.write(f"step {state.step}: {shown}", file=sys.stderr)
-        if better and cfg.save_best and state.step > 0:
+        bad = [k for k, v in metrics.items() if k.endswith("loss") and isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            raise Diverged(state.step, f"{bad[0]} is {metrics[bad[0]]}")
+        if better and cfg.save_best:   # step 0 too: a run that diverges early still leaves a usable best
             self._save(best=True)
         self._write_summary()
         return bool(cfg.early_stop_patience) and state.evals_since_best >= cfg.early_stop_patience
 
     def _save(self, best: bool = False) -> None:
+        if not self._weights_finite():   # a non-finite state is never saved, so it never rotates out a good one
+            raise Diverged(self.state.step, "a weight is not finite")
         self.state.wall_time = self._wall_time()
-        checkpoint.save(self.acc, self.run_dir, self.state.step, keep_last=self.cfg.keep_last, best=best)
+        saved = checkpoint.save(self.acc, self.run_dir, self.state.step, keep_last=self.cfg.keep_last, best=best)
+        self.tracker.checkpoint_saved(saved, self.state.step, best=best)   # wandb_log_model=all
+
+    def _weights_finite(self) -> bool:
+        """One host read per checkpoint (not per step); every rank gets the same answer."""
+        finite = torch.stack([torch.isfinite(getattr(p, "to_local", lambda p=p: p)().detach()).all()
+                              for p in self.model.parameters()]).all().float()
+        if self.acc.num_processes > 1:
+            finite = self.acc.reduce(finite.to(self.acc.device), "mean")
+        return bool(finite.item() == 1.0)
 
     def _wall_time(self) -> float:
         """Seconds of this run over all its processes' lifetimes (resumes add up)."""
@@ -357,23 +523,33 @@ class _Loop:
 
     # --- tracking ------------------------------------------------------------------------------
     def _start_tracking(self, resumed: bool) -> None:
+        """metrics.jsonl now; W&B starts in the background (tracking.Tracker) and reports in _wandb_ready."""
         cfg, state = self.cfg, self.state
         mode = choose_mode(cfg.wandb_mode) if self.acc.is_main_process else "disabled"
         self.tracker.start(cfg.to_dict(), mode=mode, project=cfg.wandb_project, entity=cfg.wandb_entity,
-                           group=cfg.wandb_group, tags=cfg.tags, run_id=state.wandb_id if resumed else None)
+                           group=cfg.wandb_group, tags=cfg.tags, run_id=state.wandb_id if resumed else None,
+                           system_metrics=cfg.wandb_system_metrics, console=cfg.wandb_console,
+                           log_model=cfg.wandb_log_model, on_ready=self._wandb_ready,
+                           on_stop=self.preempt.request_stop)
         if self.acc.is_main_process:
-            state.wandb_id = self.tracker.wandb_id or state.wandb_id
             self.wandb_mode = self.tracker.mode
             notice(f"run dir {self.run_dir}; params total {self.params['total']:,}"
-                   + (f", active {self.params['active']:,}" if self.params.get("active") != self.params["total"] else "")
-                   + f"; W&B {self.wandb_mode}" + (f" ({self.tracker.wandb_run.url})" if self.wandb_mode == "online" else ""))
+                   + (f", active {self.params['active']:,}" if self.params.get("active") != self.params["total"] else ""))
             self.tracker.summary({f"params/{k}": v for k, v in self.params.items()}
                                  | {f"data/{k}": v for k, v in self.data.stats.items()})
             self._write_summary()
 
+    def _wandb_ready(self, tracker) -> None:
+        """Called from W&B's init thread once it is up (or gave up): later checkpoints carry the id."""
+        self.state.wandb_id = tracker.wandb_id or self.state.wandb_id
+        self.wandb_mode = tracker.mode
+        notice(f"W&B {tracker.mode}" + (f": {tracker.wandb_run.url}" if tracker.mode == "online" else ""))
+
     def _write_summary(self) -> None:
         if not self.acc.is_main_process:
             return
+        if self.status != "running":
+            self.tracker.wait_ready()   # the last summary names the W&B run, however late W&B started
         cfg, state, best = self.cfg, self.state, self.best
         summary: dict[str, Any] = {
             "status": self.status, "task": cfg.task, "name": cfg.name, "step": state.step,
@@ -383,8 +559,13 @@ class _Loop:
             "params": self.params, "data": self.data.stats, "unit": self.data.unit,
             f"{self.data.unit}_seen": state.items_seen,
             "epochs": self.data.epochs_at(state.micro_batches),
-            "wandb": {"id": state.wandb_id, "mode": self.wandb_mode, "dir": self.tracker.wandb_dir},
+            "wandb": {"id": state.wandb_id, "mode": self.wandb_mode, "dir": self.tracker.wandb_dir,
+                      "group": self.tracker.group},
         }
+        if self.reason:
+            summary["reason"] = self.reason
+        if self.change_log:
+            summary["allowed_changes"] = self.change_log
         rundir.write_summary(self.run_dir, summary)
         self.tracker.summary({f"{best.name}_best": state.best_value, "best_step": state.best_step,
                               "status": self.status})

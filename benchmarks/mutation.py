@@ -1,0 +1,138 @@
+"""Mutation testing of the modules that read config fields, against their fast tests (mutmut 3).
+
+Not a test and not run in CI (each module takes minutes on 2 cores). mutmut changes one thing at a
+time in a module (an operator, a constant, a condition, a dropped call) and runs the tests that
+cover the changed function; a mutant no test notices "survives". Survivors are either gaps in the
+tests (write the test that kills them) or equivalent mutants (the change cannot alter behaviour);
+each run writes them, with their diffs, to benchmarks/results/mutation-<module>.txt, and prints
+the mutation score (killed / mutants) per module for the README's development section.
+
+    pip install -e '.[dev]'
+    python benchmarks/mutation.py                          # every module in MODULE_TESTS
+    python benchmarks/mutation.py sweep/engine.py config.py   # some of them
+    python benchmarks/mutation.py --max-children 2 optim/schedules.py
+
+Each module runs in a temporary copy of the project (mutmut writes its mutants/ folder there), so
+the working tree is never touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+# module (under blueberry/) -> the fast tests that claim its behaviour. Keep each list to tests
+# that run in seconds: mutmut runs only the tests that reach a mutated function, once per mutant.
+MODULE_TESTS = {
+    "config.py": ["tests/test_config.py", "tests/test_config_edges.py",
+                  "tests/test_scanline_fields.py::test_scanline_field_relations_are_checked"],
+    "sweep/engine.py": ["tests/test_sweep_engine.py"],
+    "sweep/hyperband.py": ["tests/test_sweep_engine.py"],
+    "optim/schedules.py": ["tests/test_schedules.py", "tests/test_schedule_edges.py"],
+    "optim/build.py": ["tests/test_optim.py"],
+    "data/packing.py": ["tests/test_packing.py", "tests/test_packing_edges.py"],
+    "data/leakage.py": ["tests/test_packing.py", "tests/test_tokenizer_cache.py"],
+    "data/stm_synthetic.py": ["tests/test_stm_synthetic.py"],
+    "models/moe.py": ["tests/test_moe.py"],
+    "models/attention.py": ["tests/test_attention.py"],
+    "report/analyse.py": ["tests/test_report_analyse.py"],
+    "train/trainer.py": ["tests/test_fields_reach_code.py::test_stop_at_step_is_checked_against_the_epoch_budget",
+                         "tests/test_fields_reach_code.py::"
+                         "test_grad_accum_is_a_larger_batch_and_tokens_seen_counts_the_batches"],
+}
+
+
+# `mutmut show NAME` for many names in one interpreter (one process per name costs seconds each)
+SHOW = """
+import sys
+from mutmut.__main__ import find_mutant, get_diff_for_mutant
+for name in sys.argv[1:]:
+    print(f"# {name}: survived")
+    print(get_diff_for_mutant(name, path=find_mutant(name).path))
+"""
+
+
+def mutmut_config(module: str, tests: list[str]) -> str:
+    """The [tool.mutmut] table for one module (mutmut 3 reads it from pyproject.toml)."""
+    quoted = ", ".join(json.dumps(t) for t in tests)
+    return (f'\n[tool.mutmut]\nsource_paths = ["blueberry"]\nonly_mutate = ["blueberry/{module}"]\n'
+            f'pytest_add_cli_args_test_selection = [{quoted}]\n'
+            f'pytest_add_cli_args = ["-q", "-p", "no:cacheprovider", "-o", "addopts="]\n'
+            f'use_git_change_detection = false\n')
+
+
+def project_copy(module: str, tests: list[str], into: Path) -> Path:
+    """A copy of the package, tests and pyproject.toml with mutmut's config for `module`."""
+    work = into / "project"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
+    shutil.copytree(ROOT / "blueberry", work / "blueberry", ignore=ignore)
+    shutil.copytree(ROOT / "tests", work / "tests", ignore=ignore)
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    pyproject = re.sub(r"\n\[tool\.mutmut\][^\[]*", "\n", pyproject)   # ours replaces any existing one
+    (work / "pyproject.toml").write_text(pyproject + mutmut_config(module, tests))
+    return work
+
+
+def mutate(module: str, max_children: int) -> dict:
+    """Run mutmut on one module; returns its counts and writes the survivors' diffs."""
+    tests = MODULE_TESTS[module]
+    with tempfile.TemporaryDirectory(prefix="blueberry-mutation-") as tmp:
+        work = project_copy(module, tests, Path(tmp))
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        start = time.time()
+        run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)],
+                             cwd=work, env=env, capture_output=True, text=True)
+        seconds = time.time() - start
+        if run.returncode != 0:
+            tail = (run.stdout + run.stderr).strip().splitlines()[-15:]
+            raise SystemExit(f"mutmut failed on {module}:\n" + "\n".join(tail))
+        subprocess.run([sys.executable, "-m", "mutmut", "export-cicd-stats"], cwd=work, env=env,
+                       capture_output=True, check=True)
+        stats = json.loads((work / "mutants" / "mutmut-cicd-stats.json").read_text())
+        listed = subprocess.run([sys.executable, "-m", "mutmut", "results"], cwd=work, env=env,
+                                capture_output=True, text=True, check=True).stdout
+        survivors = [line.split(":")[0].strip() for line in listed.splitlines() if line.strip().endswith(": survived")]
+        diffs = subprocess.run([sys.executable, "-c", SHOW, *survivors], cwd=work, env=env,
+                               capture_output=True, text=True, check=True).stdout if survivors else ""
+    scored = stats["killed"] + stats["survived"] + stats["timeout"]   # mutants some test ran against
+    stats.update(module=module, tests=tests, seconds=round(seconds),
+                 score=round(stats["killed"] / scored, 3) if scored else None)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"mutation-{module.replace('/', '-').removesuffix('.py')}.txt"
+    header = (f"# mutmut on blueberry/{module} against {' '.join(tests)}\n"
+              f"# {json.dumps({k: stats[k] for k in ('killed', 'survived', 'no_tests', 'timeout', 'total', 'score', 'seconds')})}\n"
+              f"# {len(survivors)} surviving mutants follow (each: a missing test, or an equivalent mutant)\n\n")
+    out.write_text(header + diffs)
+    return stats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", help=f"modules under blueberry/ (default: all of {', '.join(MODULE_TESTS)})")
+    parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
+    args = parser.parse_args()
+    unknown = [m for m in args.modules if m not in MODULE_TESTS]
+    if unknown:
+        parser.error(f"no test map for {', '.join(unknown)}; add it to MODULE_TESTS ({', '.join(MODULE_TESTS)})")
+    print("| module | mutants | killed | survived | no tests | score | seconds |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for module in args.modules or MODULE_TESTS:
+        s = mutate(module, args.max_children)
+        score = f"{s['score']:.0%}" if s["score"] is not None else "-"
+        print(f"| {module} | {s['total']} | {s['killed']} | {s['survived']} | {s['no_tests']} | {score} | {s['seconds']} |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Per-rank memory of a run's training state: parameters, gradients and optimizer state.
+
+Estimated from the parameter shapes for DDP (every rank holds everything) and FSDP2 (every tensor
+split on dim 0 in torch.chunk rows), and measured from the local tensors a rank really holds.
+Activations, all-gathered parameters in flight and allocator slack come on top; they depend on the
+batch, not on the world size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KINDS = ("params", "grads", "optimizer")
+
+
+@dataclass(frozen=True)
+class StateBytes:
+    params: int
+    grads: int
+    optimizer: int
+
+    @property
+    def total(self) -> int:
+        return self.params + self.grads + self.optimizer
+
+    def as_dict(self) -> dict[str, int]:
+        return {"params": self.params, "grads": self.grads, "optimizer": self.optimizer, "total": self.total}
+
+
+def _rows_on_rank0(shape, world_size: int) -> int:
+    """Elements of the largest dim-0 shard (rank 0's): torch.chunk gives ceil(rows / world) rows."""
+    rows = -(-shape[0] // world_size) if shape else 1
+    rest = 1
+    for d in shape[1:]:
+        rest *= d
+    return rows * rest
+
+
+def estimate(model, optimizer_name: str, world_size: int, sharded: bool) -> StateBytes:
+    """Rank 0's bytes of fp32 parameters, gradients and optimizer state under DDP or FSDP2.
+
+    Optimizer state per element: AdamW keeps two moments; Muon one momentum buffer for its matrices
+    (the rest of its parameters are on AdamW). `model` may live on the meta device.
+    """
+    from blueberry.optim.build import partition_params
+
+    parts = partition_params(model)
+    per_elem = 4   # fp32 master weights, gradients and state, also under bf16 mixed precision
+
+    def size(p) -> int:
+        return _rows_on_rank0(tuple(p.shape), world_size) if sharded else p.numel()
+
+    params = sum(size(p) for kind in parts.values() for p in kind)
+    if optimizer_name == "muon":
+        state = sum(size(p) for p in parts["hidden"]) + 2 * sum(size(p) for p in parts["other_matrix"] + parts["vector"])
+    else:
+        state = 2 * params
+    return StateBytes(params * per_elem, params * per_elem, state * per_elem)
+
+
+def measure(model, optimizer) -> StateBytes:
+    """This rank's bytes of parameters, gradients and optimizer-state tensors, from the local
+    tensors (a DTensor counts its shard). Gradients must still be there (after backward)."""
+    import torch
+
+    def local_bytes(t) -> int:
+        t = t.to_local() if hasattr(t, "to_local") else t
+        return t.numel() * t.element_size()
+
+    params = list(model.parameters())
+    grads = sum(local_bytes(p.grad) for p in params if p.grad is not None)
+    inner = getattr(optimizer, "optimizer", optimizer)
+    state = sum(local_bytes(v) for s in inner.state.values() for v in s.values()
+                if isinstance(v, torch.Tensor) and v.ndim > 0)   # scalar step counters are noise
+    return StateBytes(sum(local_bytes(p) for p in params), grads, state)
+
+
+def format_table(rows: list[tuple[str, StateBytes]]) -> str:
+    """Markdown table of MiB per rank."""
+    lines = ["| setting | params MiB | grads MiB | optimizer MiB | total MiB |", "|---|---:|---:|---:|---:|"]
+    for name, b in rows:
+        lines.append(f"| {name} | " + " | ".join(f"{v / 2**20:.2f}" for v in (b.params, b.grads, b.optimizer, b.total))
+                     + " |")
+    return "\n".join(lines)
+
+
+def lm_vocab_size(tokenizer: str) -> int:
+    """The vocabulary a run's tokenizer spec gives: bpe:N -> N, else the pretrained tokenizer's."""
+    if tokenizer.startswith("bpe:") and tokenizer[4:].isdigit():
+        return int(tokenizer[4:])
+    from blueberry.data.tokenizer import pretrained
+
+    return pretrained(tokenizer).vocab_size
+
+
+def estimate_table(cfg, world_size: int, vocab_size: int | None = None) -> str:
+    """`blueberry memory`: rank 0's estimated training state under DDP and FSDP2 at `world_size`,
+    from the LM config's model built on the meta device (no memory, no data)."""
+    import torch
+
+    from blueberry.errors import UserError
+    from blueberry.models.lm import Decoder
+
+    if cfg.task != "lm":
+        raise UserError(f"task={cfg.task}: memory estimates cover lm runs (scanline models fit any one device)")
+    if world_size < 1:
+        raise UserError(f"world_size={world_size}: must be at least 1")
+    with torch.device("meta"):
+        model = Decoder(cfg, vocab_size or lm_vocab_size(cfg.tokenizer))
+    ddp = estimate(model, cfg.optimizer, world_size, sharded=False)
+    fsdp = estimate(model, cfg.optimizer, world_size, sharded=True)
+    name = f"{cfg.preset or cfg.name} ({cfg.optimizer})"
+    return (format_table([(f"{name}, DDP, any world size", ddp), (f"{name}, FSDP2, {world_size} ranks", fsdp)])
+            + f"\nFSDP2 / DDP per rank: {fsdp.total / ddp.total:.3f}")

@@ -1,0 +1,81 @@
+"""Which value a sweep optimises, and whether the trial logs a metric of that name at all.
+
+What W&B's controller reads (wandb/sweeps, the engine behind W&B's server): bayes judges each finished
+run by `SweepRun.metric_extremum(metric.name)`, the best (min or max by goal) of the run's HISTORY
+values and its SUMMARY value (bayes_search._construct_gp_data; `impute` decides failed runs), and
+hyperband (hyperband_stopping) reads every HISTORY value in order. `sweep local` reads the same from
+each trial's metrics.jsonl (value: the best of the history; hyperband: the history). blueberry logs
+`<best_metric>_best`, the best so far, at every evaluation and sets the same scalar in the summary, so
+its last, best and summary values coincide: naming it gives one unambiguous quantity under any
+reading (a summary-only reader included), and hyperband compares runs on their best so far.
+"""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+from typing import Any
+
+from blueberry.sweep.params import is_finite_number
+from blueberry.sweep.wandb_spec import did_you_mean
+
+# The metric names each task's run logs (metrics.jsonl and W&B history); `*` stands for a class,
+# layer or expert. tests/test_sweep_fidelity.py checks this table against real runs of each task.
+LOGGED: dict[str, tuple[str, ...]] = {
+    "lm": ("val/loss", "val/accuracy", "val/perplexity", "train/loss", "train/aux_loss", "train/lb_loss",
+           "train/z_loss", "train/grad_norm", "train/tokens_per_s", "tokens_seen", "lr", "muon_lr", "epochs",
+           "time", "moe/max_share", "moe/min_share", "moe/layer*/expert*"),
+    "scanline": ("val/loss", "val/accuracy", "val/balanced_accuracy", "val/auroc", "val/recall/*", "train/loss",
+                 "train/accuracy", "train/grad_norm", "train/samples_per_s", "samples_seen", "train_eval/loss",
+                 "train_eval/accuracy", "train_eval/balanced_accuracy", "train_eval/auroc", "train_eval/recall/*",
+                 "gap/loss", "gap/accuracy", "gap/balanced_accuracy", "lr", "epochs", "time"),
+}
+DEFAULT_BEST = {"lm": "val/loss", "scanline": "val/balanced_accuracy"}   # the tasks' best_metric, torch-free (tested)
+BEST_SUFFIX = "_best"
+
+
+def best_metrics(task: str, config: dict[str, Any], overrides: list[str]) -> set[str]:
+    """The metrics the trials name as best_metric: the task's default, swept values, overrides."""
+    names = {DEFAULT_BEST[task]}
+    spec = (config.get("parameters") or {}).get("best_metric")
+    if isinstance(spec, dict):
+        values = spec.get("values") if isinstance(spec.get("values"), list) else [spec.get("value")]
+        names |= {v for v in values if isinstance(v, str) and v}
+    names |= {o.partition("=")[2] for o in overrides if o.startswith("best_metric=")}
+    return names
+
+
+def metric_problem(task: str, name: str, config: dict[str, Any], overrides: list[str] = ()) -> str | None:
+    """Why `blueberry train TASK` never logs a metric called `name`; None when it does."""
+    patterns = LOGGED[task]
+    bests = best_metrics(task, config, list(overrides))
+    if any(fnmatchcase(name, p) for p in patterns) or name in {b + BEST_SUFFIX for b in bests}:
+        return None
+    if name.endswith(BEST_SUFFIX) and any(fnmatchcase(name[:-len(BEST_SUFFIX)], p) for p in patterns):
+        return (f"{name!r} is logged only when best_metric={name[:-len(BEST_SUFFIX)]} (the {task} default is "
+                f"{DEFAULT_BEST[task]}): set best_metric, or name {DEFAULT_BEST[task]}{BEST_SUFFIX}")
+    known = [p for p in patterns if "*" not in p] + sorted(b + BEST_SUFFIX for b in bests)
+    return (f"{name!r} is not a metric 'blueberry train {task}' logs{did_you_mean(name, known)}; "
+            f"it logs {', '.join(known)}")
+
+
+def objective_line(config: dict[str, Any]) -> str | None:
+    """What both engines optimise, in words, for validate's output; None without a metric."""
+    metric = config.get("metric")
+    if not isinstance(metric, dict) or not isinstance(metric.get("name"), str):
+        return None
+    name, goal = metric["name"], metric.get("goal", "minimize")
+    best = "lowest" if goal == "minimize" else "highest"
+    line = f"optimises each run's {best} {name} (W&B's controller and sweep local alike)"
+    if not name.endswith(BEST_SUFFIX):
+        line += f"; W&B's summary shows the LAST {name}: {name}{BEST_SUFFIX} is the one unambiguous number"
+    if isinstance(config.get("early_terminate"), dict):
+        line += f"; hyperband judges every logged {name}"
+    return line
+
+
+def run_value(history: list[float], goal: str) -> float | None:
+    """A run's value as W&B's controller takes it (SweepRun.metric_extremum): its best logged value."""
+    finite = [v for v in history if is_finite_number(v)]
+    if not finite:
+        return None
+    return max(finite) if goal == "maximize" else min(finite)

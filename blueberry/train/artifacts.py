@@ -1,0 +1,42 @@
+"""W&B model Artifact references (`entity/project/model-<run id>:best`) where a run dir is expected.
+
+A model Artifact logged by the tracker (wandb_log_model) is laid out as a run dir: config.yaml and
+checkpoints/step-N/. So `--resume` and `blueberry evaluate` download the version named and go on as
+with a run dir. Without a reachable W&B (offline, no key) a reference stops with one line before any
+work. Torch-free: the CLI reads it while resolving the config.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from blueberry.errors import UserError
+from blueberry.network import has_wandb_key
+
+# entity/project/name:alias (or :vN); W&B's own names allow letters, digits, - _ .
+REFERENCE = re.compile(r"^[\w.-]+/[\w.-]+/[\w.-]+:[\w.-]+$")
+
+
+def is_artifact_reference(text: str) -> bool:
+    """An artifact reference and not a path that exists here (a run dir named like one wins)."""
+    return bool(REFERENCE.match(text)) and not Path(text).exists()
+
+
+def fetch_model_artifact(reference: str, field: str, into: Path) -> Path:
+    """Download the model Artifact `reference` under `into`; the folder it returns is a run dir."""
+    offline = os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun")
+    if offline or not has_wandb_key():
+        why = f"WANDB_MODE={os.environ['WANDB_MODE']}" if offline else "no W&B API key"
+        raise UserError(f"{field}={reference}: a W&B artifact needs W&B online ({why}); where W&B is reachable "
+                        f"run `wandb artifact get {reference} --root DIR` and pass DIR")
+    import wandb
+
+    try:
+        artifact = wandb.Api(timeout=30).artifact(reference, type="model")
+        name = reference.rsplit("/", 1)[-1].replace(":", "-")
+        return Path(artifact.download(root=str(Path(into) / name)))
+    except Exception as e:   # not found, no access, no network: the user's to fix
+        raise UserError(f"{field}={reference}: W&B could not fetch it ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:160] if str(e) else 'no detail'})") from None
