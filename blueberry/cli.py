@@ -117,7 +117,10 @@ def resolve_train_config(cls: type[RunConfig], cli_values: dict, config_file: st
     from blueberry.train.tracking import notice, requeued_run_dir
 
     file_values = read_config_file(config_file) if config_file else {}
-    cfg = resolve(cls, file_values=file_values, recipe=recipe, cli_values=cli_values, source=config_file or "config")
+    # Where to resume is found first; stop_at_step is checked against max_steps only once the run's
+    # own max_steps is known (a preset's 200 must not refuse --resume RUN --stop_at_step 500).
+    finding = {k: v for k, v in cli_values.items() if k != "stop_at_step"}
+    cfg = resolve(cls, file_values=file_values, recipe=recipe, cli_values=finding, source=config_file or "config")
     allowed = [f.strip() for f in (allow_changed or "").split(",") if f.strip()]
     for name in allowed:
         if name not in cls.defines_run:
@@ -132,6 +135,9 @@ def resolve_train_config(cls: type[RunConfig], cli_values: dict, config_file: st
     if ckpt is None:
         if allowed and cfg.resume != "auto":
             raise UserError("--allow-changed: only applies with --resume")
+        if "stop_at_step" in cli_values:
+            cfg = resolve(cls, file_values=file_values, recipe=recipe, cli_values=cli_values,
+                          source=config_file or "config")
         return cfg, None, {}
     run_dir = ckpt.parent.parent
     saved = read_config_file(run_dir / "config.yaml")
