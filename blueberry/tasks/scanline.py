@@ -157,14 +157,12 @@ def per_class_table(predictions: torch.Tensor, targets: torch.Tensor, class_name
 
 def confusion_figure(probs: torch.Tensor, targets: torch.Tensor, class_names: list[str]):
     """Confusion matrix, rows = true class normalised to 1, with the counts written in."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure   # not pyplot: no backend or global state
 
     counts = multiclass_confusion_matrix(probs, targets, len(class_names)).numpy()
     share = counts / counts.sum(1, keepdims=True).clip(min=1)
-    fig, ax = plt.subplots(figsize=(1.6 + 0.9 * len(class_names), 1.2 + 0.8 * len(class_names)))
+    fig = Figure(figsize=(1.6 + 0.9 * len(class_names), 1.2 + 0.8 * len(class_names)))
+    ax = fig.subplots()
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(class_names)):
         for j in range(len(class_names)):

@@ -9,9 +9,8 @@ from pathlib import Path
 
 def save_figures(run_dir: Path, figures: dict) -> dict:
     """Save each matplotlib figure atomically as plots/<name with / as __>.png and close it; returns
-    name -> PNG path, and the non-figure media unchanged (for the tracker)."""
-    import matplotlib.pyplot as plt
-
+    name -> PNG path, and the non-figure media unchanged (for the tracker). Figures are
+    matplotlib.figure.Figure objects (no pyplot), so nothing needs closing."""
     folder = Path(run_dir) / "plots"
     folder.mkdir(exist_ok=True)
     saved = {}
@@ -23,6 +22,5 @@ def save_figures(run_dir: Path, figures: dict) -> dict:
         tmp = path.with_name(f".{path.name}.tmp")
         fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
         os.replace(tmp, path)
-        plt.close(fig)
         saved[name] = path
     return saved
