@@ -351,6 +351,10 @@ def local(file, workers, count, sweep_dir, overrides, seed, write_report, launch
         click.echo(f"error: {len(failed)} of {len(trials)} trials failed: "
                    + ", ".join(f"{t.id} (exit {t.exit_code})" for t in failed[:5]) + (" ..." if len(failed) > 5 else "")
                    + f"; their output: {path}/trials/TRIAL/output.log", err=True)
+    diverged = [t.id for t in trials if t.status == "diverged"]
+    if diverged:   # a finding of the study, not a failure of the sweep: the exit code stays 0
+        click.echo(f"note: {len(diverged)} of {len(trials)} trials diverged (non-finite loss): {', '.join(diverged[:8])}"
+                   + (" ..." if len(diverged) > 8 else ""), err=True)
     if write_report and code in (0, 1):   # an interrupted sweep is resumed, and reported, later
         report_sweep(state)
     return code

@@ -3,6 +3,8 @@ into runs/fake/metrics.jsonl (like a blueberry run dir) in its trial folder (BLU
 by `sweep local`), sleeping between evaluations; it also records the directory it was started in.
 
     python fake_trial.py --values=1,0.5 --sleep=0.1 --fail=false --ignore_term=false --x=anything
+
+--fail=true exits 1 (a crash), --fail=diverge exits 3 (blueberry's exit code for a diverged run).
 """
 
 import argparse
@@ -29,5 +31,5 @@ with open(run / "metrics.jsonl", "a", buffering=1) as f:
     for i, value in enumerate(float(v) for v in args.values.split(",")):
         f.write(json.dumps({"step": i, "val/loss": value}) + "\n")
         time.sleep(args.sleep)
-if args.fail == "true":
-    sys.exit(3)
+if args.fail in ("true", "diverge"):
+    sys.exit(3 if args.fail == "diverge" else 1)

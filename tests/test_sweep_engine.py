@@ -345,3 +345,15 @@ def test_hyperband_strict_and_maximize():
     all_runs = {i: h for i, h in enumerate([*histories, late_bloomer])}
     assert runs_to_stop(config, all_runs, running={0, 4}) == [0]
     assert runs_to_stop({"metric": {"name": "acc"}}, all_runs, running={0}) == []
+
+
+@pytest.mark.parametrize("dist, low, high", [("log_uniform_values", 1e-5, 1e-1), ("log_uniform", math.log(1e-5), math.log(1e-1)),
+                                             ("inv_log_uniform_values", 1e-5, 1e-1)])
+def test_bayes_searches_log_ranges_in_log_space(dist, low, high):
+    """A learning-rate range over four decades: bayes proposals (Optuna's random startup) must spread
+    evenly over the decades, as W&B's do, not crowd the top one as a linear range would."""
+    proposer = BayesProposer({"lr": {"distribution": dist, "min": low, "max": high}}, "minimize", seed=0)
+    values = np.array([proposer.suggest()[1]["lr"] for _ in range(400)])
+    assert values.min() >= 1e-5 * (1 - 1e-9) and values.max() <= 1e-1 * (1 + 1e-9)
+    decades = np.histogram(np.log10(values), bins=[-5, -4, -3, -2, -1])[0] / len(values)
+    assert decades.min() > 0.15, decades   # linear sampling puts ~90% in the top decade, ~0.1% in the lowest

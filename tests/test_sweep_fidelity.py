@@ -46,20 +46,22 @@ def _fake_sweep(tmp_path: Path, parameters: dict) -> Path:
 # --- 1, 2 and issue 11's status lines: where trials start, what a failure does ----------------------
 
 def test_trials_start_in_the_invoking_directory_and_a_failure_fails_the_sweep(tmp_path):
-    _fake_sweep(tmp_path, {"values": {"value": "1,0.4,0.7"}, "fail": {"values": ["false", "true", "false"]},
+    _fake_sweep(tmp_path, {"values": {"value": "1,0.4,0.7"}, "fail": {"values": ["false", "true", "diverge"]},
                            "sleep": {"value": 5}})
     res = run_cli("sweep", "local", "fake.yaml", "--dir", "sw", "--override", "sleep=0", "--no-report", cwd=tmp_path,
                   timeout=120)
     trials = _trials(tmp_path / "sw")
-    assert len(trials) == 2 and {t["status"] for t in trials} == {"finished", "failed"}   # kept going
+    assert len(trials) == 3 and [t["status"] for t in trials] == ["finished", "failed", "diverged"]   # kept going
     assert res.returncode == 1
-    assert "error: 1 of 2 trials failed: t0001 (exit 3)" in res.stderr
+    assert "error: 1 of 3 trials failed: t0001 (exit 1)" in res.stderr
+    # a diverged trial (exit 3) is a finding of the study, not a failure of the sweep: named, not counted
+    assert "note: 1 of 3 trials diverged (non-finite loss): t0002" in res.stderr
     # `program: prog/trial.py` is relative to where `sweep local` was started, as under wandb agent
     for t in trials:
         run = tmp_path / "sw" / "trials" / t["id"] / "runs" / "fake"   # ...while run dirs stay in the sweep dir
         assert Path((run / "cwd.txt").read_text()) == tmp_path
     # 6: a trial's value is its best logged value, W&B's SweepRun.metric_extremum, not the last one
-    assert [t["value"] for t in trials] == [0.4, 0.4]
+    assert [t["value"] for t in trials] == [0.4, 0.4, 0.4]
     # status lines show the value the trial trains (the override), not the swept one
     assert "sleep=0 " in res.stderr and "sleep=5" not in res.stderr
     assert "\n[fake] t0001 failed val/loss=0.4  fail=true sleep=0 values=1,0.4,0.7\n" in res.stderr   # whole, named lines

@@ -38,7 +38,7 @@ def test_grid_runs_every_point_once_and_records_a_failed_trial(tmp_path):
     assert sorted((t.params["values"], t.params["fail"]) for t in trials) == \
         sorted((v, f) for v in ["1,0.9", "1,0.5", "1,0.7"] for f in ["false", "true"])
     assert {t.status for t in trials if t.params["fail"] == "true"} == {"failed"}
-    assert {t.exit_code for t in trials if t.params["fail"] == "true"} == {3}
+    assert {t.exit_code for t in trials if t.params["fail"] == "true"} == {1}
     ok = {t.params["values"]: t for t in trials if t.status == "finished"}
     assert ok["1,0.5"].value == 0.5 and ok["1,0.5"].history == [1.0, 0.5]   # the metric the trial logged
     argv = ok["1,0.5"].argv   # built as wandb agent builds it: env, interpreter, program, ${args}

@@ -88,6 +88,15 @@ def test_lm_run_metadata_media_and_every_checkpoint_as_a_model_artifact(tmp_path
     assert of_type(recs, "stats") and of_type(recs, "output_raw")       # system metrics and console on
     assert rundir.read_summary(run)["wandb"]["group"] == "sweep-sw1"
 
+    # The x-axis of every chart is declared as the optimizer step, and the sweep's key stays a scalar.
+    declared = of_type(recs, "metric")
+    assert {"glob_name": "*", "step_metric": "trainer/step"}.items() <= next(
+        m for m in declared if m.get("glob_name") == "*").items()
+    history = of_type(recs, "history")
+    assert all(h["item"]["trainer/step"] == h["step"]["num"] for h in history)
+    assert sorted({h["step"]["num"] for h in history if "train/loss" in h["item"]}) == [1, 2, 3, 4]
+    assert isinstance(_summary(run)["summary"]["val/loss_best"], float)
+
     # Every checkpoint a version of model-<run id>, laid out as a run dir, aliased latest and step-N.
     versions = {a["aliases"][0] if a["aliases"][0].startswith("step-") else
                 next(x for x in a["aliases"] if x.startswith("step-")): a for a in model_artifacts(recs)}

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from blueberry import rundir
-from blueberry.errors import EXIT_PREEMPTED, STOP_FILE_ENV, UserError
+from blueberry.errors import EXIT_DIVERGED, EXIT_PREEMPTED, STOP_FILE_ENV, UserError
 from blueberry.sweep.command import apply_overrides, args_json, build_command
 from blueberry.sweep.hyperband import runs_to_stop
 from blueberry.sweep.objective import run_value
@@ -181,6 +181,8 @@ class LocalRunner:
             trial.status = "finished"
         elif code == EXIT_PREEMPTED:
             trial.status = "interrupted"   # preempted from outside: run it again (it resumes)
+        elif code == EXIT_DIVERGED:
+            trial.status = "diverged"      # a result of the study (an LR too high), not a broken trial
         else:
             trial.status = "failed"
         self.sweep.save(trial)

@@ -33,7 +33,7 @@ from blueberry.errors import UserError
 from blueberry.sweep.engine import next_params
 
 STALE_AFTER_S = 60.0      # a running trial whose heartbeat is older belongs to a dead runner
-ENDED = ("finished", "failed", "stopped")
+ENDED = ("finished", "failed", "stopped", "diverged")
 
 
 @dataclass
@@ -141,7 +141,8 @@ class SweepDir:
                     t.status, t.attempts, t.owner, t.heartbeat, t.exit_code = "running", t.attempts + 1, owner, now, None
                     self.save(t)
                     return t
-            finished = [(t.params, t.value if t.status != "failed" else None) for t in trials if t.status in ENDED]
+            finished = [(t.params, t.value if t.status not in ("failed", "diverged") else None)
+                        for t in trials if t.status in ENDED]
             params = next_params(self.config, finished, [t.params for t in trials], self.meta["seed"])
             if params is None:
                 return None

@@ -172,7 +172,7 @@ class Tracker:
             return
         self._metrics.write(json.dumps({"step": step, **row}, default=float) + "\n")
         row, media = dict(row), dict(media or {})
-        self._call(lambda run: run.log({**row, **wandb_media(media)}, step=step))
+        self._call(lambda run: run.log({STEP_METRIC: step, **row, **wandb_media(media)}, step=step))
 
     def summary(self, values: dict[str, Any]) -> None:
         values = dict(values)
@@ -250,8 +250,22 @@ def init_wandb(run_dir: Path, *, config: dict[str, Any], mode: str, project: str
                    + ("; retrying offline" if attempt == "online" else "; W&B disabled for this run"))
             continue
         _check_sweep_config(run, config)
+        declare_metrics(run)
         return run, attempt
     return None, "disabled"
+
+
+STEP_METRIC = "trainer/step"   # the optimizer step, logged in every W&B row
+
+
+def declare_metrics(run) -> None:
+    """Every chart's x-axis is the optimizer step, declared (W&B's own _step equals it as well, since
+    rows are logged with step=). Summaries are left as the last value, a scalar: define_metric(summary=
+    "min") would make a metric's summary {"min": x}, which W&B's sweep controller cannot use (it takes
+    the min/max over a run's history values AND its summary value, SweepRun.metric_extremum); the best
+    value is its own scalar instead, `<best_metric>_best`, the key the sweeps in sweeps/ optimise."""
+    run.define_metric(STEP_METRIC)
+    run.define_metric("*", step_metric=STEP_METRIC)
 
 
 def _check_sweep_config(run, config: dict[str, Any]) -> None:
