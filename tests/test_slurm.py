@@ -64,12 +64,19 @@ def submit(kind, *args, cwd, env, options=()):
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
 
 
-def wait_for(job, env, timeout=300):
+def wait_for(job, env, timeout=300, log_has: tuple[Path, str] | None = None):
     """Poll (not sbatch --wait, which backs off) until the job has ended for good: every task's
     JobState final and nothing in squeue, twice in a row, since both can flicker while a requeued
-    job turns from COMPLETING to PENDING. Releases a requeued job's BeginTime hold (~2 min)."""
+    job turns from COMPLETING to PENDING. Releases a requeued job's BeginTime hold (~2 min).
+    `log_has` (log file, text): a requeued job has not ended before its log shows the restart, however
+    long slurmctld keeps it looking final in between (seen on a quiet machine)."""
     deadline, ended_before = time.time() + timeout, False
     while time.time() < deadline:
+        if log_has is not None and not (log_has[0].exists() and log_has[1] in log_has[0].read_text()):
+            ended_before = False
+            _release_begin_time(job, env)
+            time.sleep(1)
+            continue
         shown = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True).stdout
         states = re.findall(r"\bJobState=(\S+)", shown)
         out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%i|%T|%r"], env=env, capture_output=True,
@@ -78,12 +85,20 @@ def wait_for(job, env, timeout=300):
         if ended and ended_before:
             return
         ended_before = ended
-        for line in out.splitlines():
-            jid, state, reason = line.split("|")
-            if state == "PENDING" and reason == "BeginTime":
-                subprocess.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"], env=env, capture_output=True)
+        _release_begin_time(job, env, out)
         time.sleep(1)
     raise AssertionError(f"job {job} still queued after {timeout}s")
+
+
+def _release_begin_time(job, env, squeue_out: str | None = None) -> None:
+    """Start a requeued job now instead of after slurmctld's ~2 min BeginTime hold."""
+    if squeue_out is None:
+        squeue_out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%i|%T|%r"], env=env, capture_output=True,
+                                    text=True).stdout
+    for line in squeue_out.splitlines():
+        jid, state, reason = line.split("|")
+        if state == "PENDING" and reason == "BeginTime":
+            subprocess.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"], env=env, capture_output=True)
 
 
 def job_field(job, key, env):
@@ -129,7 +144,7 @@ def test_preempted_job_checkpoints_requeues_and_resumes_in_the_same_run_dir(slur
     assert job in status.stdout and "bb-train" in status.stdout and "RUNNING" in status.stdout
     assert f"-j{job}" in status.stdout                             # the job's run dir
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=slurm_env, check=True)
-    wait_for(job, slurm_env)
+    wait_for(job, slurm_env, log_has=(tmp_path / "logs" / f"bb-train-{job}.out", "restart 1"))
 
     log = (tmp_path / "logs" / f"bb-train-{job}.out").read_text()
     assert "requeueing" in log and "restart 1" in log
