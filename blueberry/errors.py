@@ -11,6 +11,13 @@ class UserError(Exception):
     exit_code = 2
 
 
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """'Type: first non-empty line of the message' (cut to `limit`), or 'Type' when it has none: how an
+    exception from a library is named in a one-line error or notice."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[0][:limit]}" if lines else type(e).__name__
+
+
 # A run stopped by SIGUSR1/SIGTERM exits with this after its checkpoint (EX_TEMPFAIL): requeue and
 # resume it. Here, not in the trainer, so torch-free code (the sweep runner) can read it.
 EXIT_PREEMPTED = 75

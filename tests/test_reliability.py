@@ -128,6 +128,10 @@ def test_a_run_dir_is_locked_while_it_trains(cli):
     first = cli("train", "lm", *TINY, "--max_steps=2000", "--eval_every=1000", "--stop_at_step=1", "--name=lk")
     assert first.returncode == 0, first.stderr
     (run,) = run_dirs(cli.cwd / "runs")
+    # stop_at_step is checked against the run's own max_steps (2000), not the preset's (200)
+    planned = cli("train", "lm", "--resume", str(run), "--stop_at_step=500", "--print-config")
+    assert planned.returncode == 0, planned.stderr
+    assert "max_steps: 2000" in planned.stdout and "stop_at_step: 500" in planned.stdout
     env = {**os.environ, "BLUEBERRY_PROGRESS_S": "0"}
     trainer = subprocess.Popen([sys.executable, "-m", "blueberry.cli", "train", "lm", "--resume", str(run)],
                                cwd=cli.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

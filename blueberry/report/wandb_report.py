@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from blueberry import rundir
-from blueberry.errors import UserError
+from blueberry.errors import UserError, first_line
 from blueberry.sweep.params import varied_parameters
 
 # What an LR/optimizer study varies; used only when no sweep says what was swept.
@@ -107,7 +107,7 @@ def build_wandb_report(project: str | None, entity: str | None = None, sweep: st
             report.save()
             result.url = report.url
         except Exception as e:  # a server-side refusal; the spec is still worth keeping
-            result.offline_reason = f"saving failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            result.offline_reason = f"saving failed: {first_line(e)}"
     if result.url is None:
         default = f"wandb-report-{project}" + (f"-{sweep}" if sweep else f"-{group}" if group else "") + ".json"
         path = Path(out) if out else Path(default)

@@ -12,7 +12,7 @@ import os
 import re
 from pathlib import Path
 
-from blueberry.errors import UserError
+from blueberry.errors import UserError, first_line
 from blueberry.network import has_wandb_key
 
 # entity/project/name:alias (or :vN); W&B's own names allow letters, digits, - _ .
@@ -38,5 +38,4 @@ def fetch_model_artifact(reference: str, field: str, into: Path) -> Path:
         name = reference.rsplit("/", 1)[-1].replace(":", "-")
         return Path(artifact.download(root=str(Path(into) / name)))
     except Exception as e:   # not found, no access, no network: the user's to fix
-        raise UserError(f"{field}={reference}: W&B could not fetch it ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:160] if str(e) else 'no detail'})") from None
+        raise UserError(f"{field}={reference}: W&B could not fetch it ({first_line(e, 160)})") from None

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from blueberry import rundir
-from blueberry.errors import RunFailed, UserError
+from blueberry.errors import RunFailed, UserError, first_line
 
 BEST = "best"
 MANIFEST = "manifest.json"
@@ -93,15 +93,10 @@ def _write_failure(e: Exception, folder: Path) -> str | None:
     except OSError:
         free = None
     if free is not None and free < _FULL_BELOW:
-        return f"the disk is full: {free / 2**20:.1f} MiB free; {_first_line(e)}"
+        return f"the disk is full: {free / 2**20:.1f} MiB free; {first_line(e)}"
     if isinstance(e, OSError):
         return f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
     return None
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [line for line in str(e).splitlines() if line.strip()]
-    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
 
 
 def _sha256(path: Path) -> str:

@@ -15,7 +15,7 @@ from accelerate.utils import SAFE_MODEL_NAME, load_checkpoint_in_model
 
 from blueberry import rundir
 from blueberry.config import TASK_CONFIGS, read_config_file, resolve
-from blueberry.errors import UserError
+from blueberry.errors import UserError, first_line
 from blueberry.tasks import load_task
 from blueberry.train import checkpoint, sharded
 from blueberry.train.figures import save_figures
@@ -80,7 +80,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, which: str = "be
             load_checkpoint_in_model(model, str(ckpt / f"{SAFE_MODEL_NAME}.safetensors"), strict=True)
     except Exception as e:   # written by another version of the model, or damaged without a manifest
         raise UserError(f"{ckpt / SAFE_MODEL_NAME}.safetensors: cannot be loaded into the run's model "
-                        f"({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]})") from None
+                        f"({first_line(e)})") from None
     model = accelerator.prepare(model)
     metrics, figures = task.evaluate(model, data, cfg, accelerator, split=split)
     if accelerator.is_main_process:

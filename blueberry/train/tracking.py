@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from blueberry import rundir
-from blueberry.errors import STOP_FILE_ENV
+from blueberry.errors import STOP_FILE_ENV, first_line
 from blueberry.network import has_wandb_key
 
 INIT_TIMEOUT_S = float(os.environ.get("WANDB_INIT_TIMEOUT", 30))
@@ -113,7 +113,7 @@ class Tracker:
         try:
             run, mode = init_wandb(self.run_dir, **options)
         except Exception as e:   # nothing in W&B may stop training
-            notice(f"W&B could not start ({type(e).__name__}: {str(e).splitlines()[0][:120]}); W&B disabled for this run")
+            notice(f"W&B could not start ({first_line(e, 120)}); W&B disabled for this run")
             run, mode = None, "disabled"
         self.wandb_run, self.mode = run, mode
         try:
@@ -129,7 +129,7 @@ class Tracker:
             except Exception as e:   # a W&B failure loses a W&B row, never training: metrics.jsonl has it
                 if not self._failed_call:
                     self._failed_call = True
-                    notice(f"a W&B call failed ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
+                    notice(f"a W&B call failed ({first_line(e, 120)}); "
                            "the run dir's metrics.jsonl has every row")
             finally:
                 if done is not None:
@@ -246,7 +246,7 @@ def init_wandb(run_dir: Path, *, config: dict[str, Any], mode: str, project: str
         try:
             run = wandb.init(mode=attempt, **kwargs)
         except Exception as e:  # any failure to reach W&B must not stop training
-            notice(f"W&B init failed in {attempt} mode ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+            notice(f"W&B init failed in {attempt} mode ({first_line(e, 120)})"
                    + ("; retrying offline" if attempt == "online" else "; W&B disabled for this run"))
             continue
         _check_sweep_config(run, config)

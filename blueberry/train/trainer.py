@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from blueberry import rundir
 from blueberry.config import RunConfig, dump_yaml
-from blueberry.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_PREEMPTED, RunFailed, UserError
+from blueberry.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_PREEMPTED, RunFailed, UserError, first_line
 from blueberry.optim.build import build_optimizer
 from blueberry.optim.schedules import build_scheduler
 from blueberry.train import checkpoint, sharded, sharding
@@ -233,8 +233,7 @@ def _load_checkpoint(accelerator, ckpt: Path) -> None:
         mismatch = [line for line in lines if line.startswith(("size mismatch", "Missing key", "Unexpected key"))]
         if mismatch:
             raise UserError(f"checkpoint {ckpt}: its model does not fit this config ({mismatch[0][:200]})") from None
-        raise UserError(f"checkpoint {ckpt}: cannot be loaded ({type(e).__name__}: "
-                        f"{(lines or ['no detail'])[0][:200]})") from None
+        raise UserError(f"checkpoint {ckpt}: cannot be loaded ({first_line(e)})") from None
 
 
 def _check_fingerprint(saved: dict, current: dict, ckpt: Path, allowed_changes: dict) -> None:
