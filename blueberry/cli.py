@@ -154,7 +154,10 @@ def resolve_train_config(cls: type[RunConfig], cli_values: dict, config_file: st
                         f" would change what {run_dir.name} is (its model, data, split or tokenizer); drop "
                         f"{'that option' if len(refused) == 1 else 'those options'}, or pass --allow-changed "
                         f"{','.join(refused)} to continue anyway (recorded in summary.json)")
-    return cfg, ckpt, changes
+    # A field allowed but unchanged in the config (data, tokenizer) still excuses its fingerprint: the
+    # files behind the same path changed. It is recorded with its value as old and new.
+    unchanged = {name: [getattr(cfg, name)] * 2 for name in allowed if name not in changes}
+    return cfg, ckpt, {**changes, **unchanged}
 
 
 def run_training(cfg: RunConfig, resume_ckpt: Path | None, allowed_changes: dict | None = None) -> int:

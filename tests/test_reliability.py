@@ -120,8 +120,15 @@ def test_resume_refuses_a_changed_corpus_and_leaves_config_untouched(cli):
     res = cli("train", "lm", "--resume", str(run))
     assert res.returncode == 2
     (line,) = _error_lines(res.stderr)
-    assert "the data and tokenizer differ from what it trained on" in line and "--allow-changed" in line
+    assert "the data and tokenizer differ from what it trained on" in line and "--allow-changed data,tokenizer" in line
     assert (run / "config.yaml").read_bytes() == config and rundir.read_summary(run)["status"] == "stopped"
+    # Each fingerprint is excused by its own name only: allowing an unrelated field excuses nothing.
+    other = cli("train", "lm", "--resume", str(run), "--allow-changed", "optimizer")
+    assert other.returncode == 2 and "--allow-changed data,tokenizer" in _error_lines(other.stderr)[0]
+    meant = cli("train", "lm", "--resume", str(run), "--allow-changed", "data,tokenizer")
+    assert meant.returncode == 0, meant.stderr
+    (change,) = rundir.read_summary(run)["allowed_changes"]
+    assert change["step"] == 2 and set(change["fields"]) == {"data", "tokenizer"}
 
 
 def test_a_run_dir_is_locked_while_it_trains(cli):

@@ -243,7 +243,9 @@ def find_resume_checkpoint(resume: str, out_dir: str, name: str) -> Path | None:
             if Path(resume).exists() else "no such folder"
         raise UserError(f"resume={resume}: no checkpoint there ({why}); give a run dir with checkpoints/step-*, "
                         "a checkpoint dir, or auto") from None
-    problem = damage(ckpt)
-    if problem:
-        raise UserError(f"resume={resume}: {problem}; resume the run dir to use its newest intact checkpoint")
+    if ckpt.parent.name == rundir.CHECKPOINTS and ckpt == Path(resume).resolve():
+        # a checkpoint named by the user; one found in a run dir was checked when it was picked
+        problem = damage(ckpt)
+        if problem:
+            raise UserError(f"resume={resume}: {problem}; resume the run dir to use its newest intact checkpoint")
     return ckpt

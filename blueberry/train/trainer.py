@@ -239,15 +239,13 @@ def _load_checkpoint(accelerator, ckpt: Path) -> None:
 def _check_fingerprint(saved: dict, current: dict, ckpt: Path, allowed_changes: dict) -> None:
     """The data and tokenizer must be the ones the checkpoint trained on (old checkpoints carry none)."""
     differing = [k for k in saved if k in current and saved[k] != current[k]]
-    if not differing:
-        return
-    what = " and ".join(differing)
-    if allowed_changes:
-        notice(f"the {what} differ from what {ckpt.name} trained on (allowed: {', '.join(allowed_changes)})")
-        return
-    raise UserError(f"checkpoint {ckpt}: the {what} differ from what it trained on (fingerprint "
-                    f"{', '.join(f'{k} {saved[k]} -> {current[k]}' for k in differing)}); the data files changed, "
-                    "or pass --allow-changed to continue on purpose")
+    refused = [k for k in differing if k not in allowed_changes]   # each fingerprint is excused by its own name
+    if refused:
+        raise UserError(f"checkpoint {ckpt}: the {' and '.join(refused)} differ from what it trained on (fingerprint "
+                        f"{', '.join(f'{k} {saved[k]} -> {current[k]}' for k in refused)}); the data files changed, "
+                        f"or pass --allow-changed {','.join(refused)} to continue on purpose")
+    if differing:
+        notice(f"the {' and '.join(differing)} differ from what {ckpt.name} trained on (allowed)")
 
 
 def budget_in_steps(cfg: RunConfig, data) -> RunConfig:
