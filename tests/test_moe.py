@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_model_config
+import blueberry.models.moe as moe_module
 from blueberry.models.moe import MoE, Router, dispatch, load_balance_loss, router_z_loss
 
 
@@ -65,12 +66,12 @@ def run_and_grads(fn, tensors, idx, w, **kw):
     return y, grads
 
 
-@pytest.mark.parametrize("grouped", [None, False], ids=["grouped", "loop"])
+@pytest.mark.parametrize("grouped", [True, False], ids=["grouped", "loop"])
 def test_dispatch_matches_naive_loop(grouped, grouped_calls):
     tensors, idx, w = make_case()
     assert not (idx == 2).any()
     y, grads = run_and_grads(dispatch, tensors, idx, w, grouped=grouped)
-    assert len(grouped_calls) == (3 if grouped is None else 0)
+    assert len(grouped_calls) == (3 if grouped else 0)
     y_ref, grads_ref = run_and_grads(naive_moe, tensors, idx, w)
     torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
     for name, g, g_ref in zip(["x", "w_gate", "w_up", "w_down"], grads, grads_ref):
@@ -78,7 +79,13 @@ def test_dispatch_matches_naive_loop(grouped, grouped_calls):
     assert grads[1][2].abs().max() == 0, "an expert without tokens gets no gradient"
 
 
-def test_dispatch_falls_back_when_strides_misaligned(grouped_calls):
+@pytest.fixture
+def gpu_default(monkeypatch):
+    """The path choice a GPU makes (grouped where _grouped_mm applies), on this CPU."""
+    monkeypatch.setattr(moe_module, "grouped_by_default", lambda device: True)
+
+
+def test_dispatch_falls_back_when_strides_misaligned(grouped_calls, gpu_default):
     tensors, idx, w = make_case(D=5, Fd=6)  # 20-byte rows: grouped_mm needs 16-byte multiples
     y, grads = run_and_grads(dispatch, tensors, idx, w)
     assert grouped_calls == []
@@ -88,7 +95,7 @@ def test_dispatch_falls_back_when_strides_misaligned(grouped_calls):
         torch.testing.assert_close(g, g_ref, atol=1e-5, rtol=1e-5)
 
 
-def test_dispatch_bf16_grouped_is_close(grouped_calls):
+def test_dispatch_bf16_grouped_is_close(grouped_calls, gpu_default):
     tensors, idx, w = make_case(dtype=torch.bfloat16)
     y, grads = run_and_grads(dispatch, tensors, idx, w)
     assert len(grouped_calls) == 3 and y.dtype == torch.bfloat16

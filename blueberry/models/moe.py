@@ -145,8 +145,8 @@ def dispatch(x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor,
     """sum_j topk_w[n, j] * SwiGLU_{topk_idx[n, j]}(x[n]) for x [N, D]; returns [N, D].
 
     The N*k assignments are sorted by expert so each expert reads one contiguous slice; the
-    grouped GEMM then runs all experts in one call. `grouped`: None = use torch._grouped_mm when
-    it applies, else the per-expert loop; True/False force a path.
+    grouped GEMM then runs all experts in one call. `grouped`: None = the device's default
+    (grouped_by_default) where torch._grouped_mm applies, else the per-expert loop; True/False force a path.
     """
     N, k = topk_idx.shape
     flat = topk_idx.reshape(-1)
@@ -155,7 +155,7 @@ def dispatch(x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor,
     offsets = expert_counts(flat, w_gate.shape[0]).cumsum(0).to(torch.int32)
     xs = x.index_select(0, token)
     if grouped is None:
-        grouped = _grouped_mm_applies(xs, w_gate, w_up, w_down)
+        grouped = grouped_by_default(x.device) and _grouped_mm_applies(xs, w_gate, w_up, w_down)
     ys = (_grouped_swiglu if grouped else _looped_swiglu)(xs, offsets, w_gate, w_up, w_down)
     ys = ys * topk_w.reshape(-1)[order].unsqueeze(-1).to(ys.dtype)
     return x.new_zeros(x.shape).index_add(0, token, ys.to(x.dtype))
@@ -179,10 +179,7 @@ class Experts(nn.Module):
             # Autocast does not cover _grouped_mm; cast as it would cast an nn.Linear.
             dtype = torch.get_autocast_dtype(x.device.type)
             x, weights = x.to(dtype), tuple(w.to(dtype) for w in weights)
-        grouped = self.grouped
-        if grouped is None and not grouped_by_default(x.device):
-            grouped = False
-        return dispatch(x, topk_idx, topk_w, *weights, grouped=grouped)
+        return dispatch(x, topk_idx, topk_w, *weights, grouped=self.grouped)
 
 
 class MoE(nn.Module):
