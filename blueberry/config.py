@@ -34,6 +34,8 @@ class RunConfig:
 
     task: ClassVar[str] = ""
     default_preset: ClassVar[str] = ""
+    # The metric that picks the best checkpoint when best_metric is empty (the task reads it from here).
+    default_best_metric: ClassVar[str] = ""
     # Fields that define the model, the data, the split or the tokenizer: a resume may not change them
     # (the checkpoint would not fit, or val data would have been trained on) unless told to.
     defines_run: ClassVar[tuple[str, ...]] = ("optimizer",)
@@ -124,6 +126,7 @@ class LMConfig(RunConfig):
 
     task: ClassVar[str] = "lm"
     default_preset: ClassVar[str] = "lm-tiny"
+    default_best_metric: ClassVar[str] = "val/loss"
     defines_run: ClassVar[tuple[str, ...]] = RunConfig.defines_run + (
         "data", "data_subset", "data_split", "text_field", "max_docs", "synthetic_docs", "val_fraction",
         "dedup", "dedup_threshold", "group_field", "data_seed", "tokenizer", "seq_len", "d_model", "n_layers", "n_heads", "d_ff", "rope_theta", "attention",
@@ -192,6 +195,7 @@ class ScanlineConfig(RunConfig):
 
     task: ClassVar[str] = "scanline"
     default_preset: ClassVar[str] = "scanline-tiny"
+    default_best_metric: ClassVar[str] = "val/balanced_accuracy"
     defines_run: ClassVar[tuple[str, ...]] = RunConfig.defines_run + (
         "data", "n_images", "image_size", "class_shares", "noise_level", "lines_per_sample", "line_stride",
         "val_fraction", "test_fraction", "data_seed", "model", "patch_size", "d_model", "n_layers", "n_heads",

@@ -18,7 +18,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from blueberry import rundir
-from conftest import TINY, run_cli, run_dirs
+from conftest import TINY, run_dirs
 
 
 def _steps(run: Path) -> list[int]:

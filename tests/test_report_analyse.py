@@ -2,7 +2,6 @@
 seed noise, unfinished schedules, repeated data, leakage, expert collapse, NaN and divergence."""
 
 import json
-import math
 
 import pytest
 from scipy import stats

@@ -8,7 +8,8 @@ import textwrap
 import pytest
 
 from blueberry.errors import UserError
-from blueberry.sweep.spec import load_sweep, sweep_options, sweep_warnings, validate_sweep
+from blueberry.sweep.spec import load_sweep, sweep_warnings, validate_sweep
+from blueberry.sweep.trial_options import sweep_options
 
 GOOD = {
     "grid-lm": """

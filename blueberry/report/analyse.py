@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from blueberry.config import RunConfig
+from blueberry.config import TASK_CONFIGS, RunConfig
 from blueberry.errors import UserError
 from blueberry.optim.schedules import SCHEDULES, lr_factor
 from blueberry.report.load import Run
@@ -26,7 +26,6 @@ from blueberry.report.noise import ALPHA, NOISE_RULE, Comparison, compare, mean_
 # Fields that name or place a run but do not change what it learns.
 IDENTITY_FIELDS = frozenset({"name", "out_dir", "resume", "stop_at_step", "cache_dir"})
 LR_FIELDS = ("lr", "muon_lr")
-TASK_METRICS = {"lm": "val/loss", "scanline": "val/balanced_accuracy"}
 
 # Health thresholds. Each one is a judgement call; they are here so a reader can see and change them.
 RISE_TOL = 0.005          # a val metric is "worse than its best" beyond 0.5% of |best|
@@ -88,7 +87,8 @@ def resolve_metric(runs: list[Run], metric: str | None = None, sweep_metric: str
             name, source = named.most_common(1)[0][0], "summary.json best.metric"
         else:
             tasks = Counter(r.task for r in runs)
-            name, source = TASK_METRICS.get(tasks.most_common(1)[0][0] if tasks else "", "val/loss"), "task default"
+            task = TASK_CONFIGS.get(tasks.most_common(1)[0][0] if tasks else "")
+            name, source = task.default_best_metric if task else "val/loss", "task default"
     logged = {k for r in runs for row in r.rows for k in row}
     curve = name
     if name.endswith("_best") and name[: -len("_best")] in logged:

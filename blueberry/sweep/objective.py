@@ -15,6 +15,7 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from typing import Any
 
+from blueberry.config import TASK_CONFIGS
 from blueberry.sweep.params import is_finite_number
 from blueberry.sweep.wandb_spec import did_you_mean
 
@@ -29,25 +30,24 @@ LOGGED: dict[str, tuple[str, ...]] = {
                  "train_eval/accuracy", "train_eval/balanced_accuracy", "train_eval/auroc", "train_eval/recall/*",
                  "gap/loss", "gap/accuracy", "gap/balanced_accuracy", "lr", "epochs", "time"),
 }
-DEFAULT_BEST = {"lm": "val/loss", "scanline": "val/balanced_accuracy"}   # the tasks' best_metric, torch-free (tested)
+DEFAULT_BEST = {task: cls.default_best_metric for task, cls in TASK_CONFIGS.items()}   # the tasks' best_metric
 BEST_SUFFIX = "_best"
 
 
-def best_metrics(task: str, config: dict[str, Any], overrides: list[str]) -> set[str]:
-    """The metrics the trials name as best_metric: the task's default, swept values, overrides."""
+def best_metrics(task: str, config: dict[str, Any]) -> set[str]:
+    """The metrics the trials name as best_metric: the task's default and the swept values."""
     names = {DEFAULT_BEST[task]}
     spec = (config.get("parameters") or {}).get("best_metric")
     if isinstance(spec, dict):
         values = spec.get("values") if isinstance(spec.get("values"), list) else [spec.get("value")]
         names |= {v for v in values if isinstance(v, str) and v}
-    names |= {o.partition("=")[2] for o in overrides if o.startswith("best_metric=")}
     return names
 
 
-def metric_problem(task: str, name: str, config: dict[str, Any], overrides: list[str] = ()) -> str | None:
+def metric_problem(task: str, name: str, config: dict[str, Any]) -> str | None:
     """Why `blueberry train TASK` never logs a metric called `name`; None when it does."""
     patterns = LOGGED[task]
-    bests = best_metrics(task, config, list(overrides))
+    bests = best_metrics(task, config)
     if any(fnmatchcase(name, p) for p in patterns) or name in {b + BEST_SUFFIX for b in bests}:
         return None
     if name.endswith(BEST_SUFFIX) and any(fnmatchcase(name[:-len(BEST_SUFFIX)], p) for p in patterns):

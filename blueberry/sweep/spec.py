@@ -19,7 +19,7 @@ from blueberry.sweep.params import DEPRECATED
 from blueberry.sweep.trial_options import check_trial_command, sweep_options
 from blueberry.sweep.wandb_spec import check_wandb_spec, parameter_leaves
 
-__all__ = ["load_sweep", "validate_sweep", "sweep_warnings", "sweep_options"]
+__all__ = ["load_sweep", "validate_sweep", "sweep_warnings"]
 
 
 def load_sweep(path: str | Path) -> dict[str, Any]:

@@ -89,8 +89,8 @@ def check_trial_command(config: dict[str, Any], top: dict[str, str | None], add:
         if token != "${args_json_file}":
             continue
         if i < task_at or tokens[i - 1] != "--config":
-            add(f"command[{i}]", f"'${{args_json_file}}' is the path of a JSON file of the swept values: "
-                                 f"pass it after the task as --config ${{args_json_file}}")
+            add(f"command[{i}]", "'${args_json_file}' is the path of a JSON file of the swept values: "
+                                 "pass it after the task as --config ${args_json_file}")
         else:
             json_file = True
     if not arg_items and not json_file:

@@ -21,7 +21,7 @@ from blueberry.train.tracking import notice
 
 class LMTask:
     name = "lm"
-    best_metric = "val/loss"
+    best_metric = LMConfig.default_best_metric
     splits = ("val",)
 
     def build_data(self, cfg: LMConfig, accelerator) -> TaskData:

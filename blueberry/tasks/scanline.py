@@ -25,7 +25,7 @@ from blueberry.tasks.base import TaskData
 
 class ScanlineTask:
     name = "scanline"
-    best_metric = "val/balanced_accuracy"
+    best_metric = ScanlineConfig.default_best_metric
     splits = ("val", "test", "train")
 
     def build_data(self, cfg: ScanlineConfig, accelerator) -> TaskData:
