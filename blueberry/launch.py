@@ -15,11 +15,11 @@ import signal
 import subprocess
 import sys
 
-from blueberry.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_PREEMPTED
+from blueberry.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_PREEMPTED, UserError
 
 # Exit codes a rank ends with on purpose, after writing its summary (and checkpoint, where one is due).
 CLEAN_EXITS = {EXIT_PREEMPTED: "preempted", EXIT_INTERRUPTED: "interrupted", EXIT_DIVERGED: "diverged",
-               2: "refused its input"}
+               UserError.exit_code: "refused its input"}
 FORWARDED = (signal.SIGTERM, signal.SIGUSR1)
 
 

@@ -169,7 +169,7 @@ def test_token_cache_groups_drops_and_reports_near_duplicates(tmp_path, one_thre
             assert (head in val_text) == (base_head in val_text)
 
     dropped = build_text_data(cfg_for(tmp_path, data, dedup="drop"))
-    assert dropped.stats["near_dup_dropped"] == 8
+    assert dropped.stats["near_dup_redundant"] == 8
     assert dropped.stats["train_docs"] + dropped.stats["val_docs"] == len(texts) - 8
     assert dropped.stats["unique_train_tokens"] == dropped.stats["train_tokens"]
 

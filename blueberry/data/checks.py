@@ -12,7 +12,7 @@ def data_warnings(cfg: Any, stats: dict[str, Any]) -> list[str]:
     rate = stats.get("near_dup_rate")
     if rate is not None and rate > cfg.dedup_warn:
         what = {"group": "each cluster is kept on one side of the train/val split",
-                "drop": f"{stats.get('near_dup_dropped', 0)} redundant copies were dropped"}[cfg.dedup]
+                "drop": f"{stats.get('near_dup_redundant', 0)} redundant copies were dropped"}[cfg.dedup]
         out.append(f"{rate:.1%} of {stats.get('docs_before_dedup', '?')} documents have a near-duplicate "
                    f"({stats['near_dup_clusters']} clusters, Jaccard >= {cfg.dedup_threshold}; dedup_warn="
                    f"{cfg.dedup_warn}): {what}"

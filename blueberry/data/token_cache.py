@@ -189,9 +189,7 @@ def _near_duplicates(cfg: Any, docs: datasets.Dataset
     found = near_dup.find_near_duplicates(docs["text"][:], cfg.dedup_threshold)   # [:]: a list, read at once
     stats: dict[str, Any] = {"dedup": cfg.dedup, "docs_before_dedup": len(docs), **found.stats()}
     if cfg.dedup == "drop":
-        keep = found.keep_first()
-        stats["near_dup_dropped"] = len(docs) - len(keep)
-        return docs.select(keep), None, stats
+        return docs.select(found.keep_first()), None, stats   # near_dup_redundant documents go
     return docs, found.labels, stats
 
 

@@ -468,7 +468,7 @@ def check_near_duplicates(run: Run) -> list[HealthWarning]:
     if not finite(rate) or not finite(limit) or rate <= limit:
         return []
     done = {"group": "kept on one side of the split; train repeats their text",
-            "drop": f"{data.get('near_dup_dropped', '?')} copies dropped"}.get(data.get("dedup"), "")
+            "drop": f"{data.get('near_dup_redundant', '?')} copies dropped"}.get(data.get("dedup"), "")
     return [HealthWarning(run.name, "near-duplicates", (
         f"{data.get('near_dup_clusters', '?')} clusters of near-duplicate documents, {data.get('near_dup_docs', '?')} "
         f"documents ({rate:.1%} of {data.get('docs_before_dedup', '?')}; dedup_warn {limit:g})"
