@@ -502,6 +502,8 @@ class _Loop:
     def _save(self, best: bool = False) -> None:
         if not self._weights_finite():   # a non-finite state is never saved, so it never rotates out a good one
             raise Diverged(self.state.step, "a weight is not finite")
+        if self.acc.is_main_process:
+            self.tracker.wait_ready()   # the checkpoint must carry the W&B run id that a resume continues
         self.state.wall_time = self._wall_time()
         saved = checkpoint.save(self.acc, self.run_dir, self.state.step, keep_last=self.cfg.keep_last, best=best)
         self.tracker.checkpoint_saved(saved, self.state.step, best=best)   # wandb_log_model=all
