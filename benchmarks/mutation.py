@@ -46,11 +46,29 @@ MODULE_TESTS = {
     "data/stm_synthetic.py": ["tests/test_stm_synthetic.py"],
     "models/moe.py": ["tests/test_moe.py"],
     "models/attention.py": ["tests/test_attention.py"],
-    "report/analyse.py": ["tests/test_report_analyse.py"],
+    "report/analyse.py": ["tests/test_report_analyse.py", "tests/test_report_stats.py",
+                          "tests/test_report_health.py", "tests/test_noise_verdicts.py"],
     "train/trainer.py": ["tests/test_fields_reach_code.py::test_stop_at_step_is_checked_against_the_epoch_budget",
                          "tests/test_fields_reach_code.py::"
                          "test_grad_accum_is_a_larger_batch_and_tokens_seen_counts_the_batches"],
 }
+
+
+# A survivor whose only change is inside a string literal holding a space (mutmut's "XX…XX" or
+# upper-casing of a message) changes the wording of a message, not what the code decides; it is
+# counted apart, so the logic score is not drowned by prose. Keys and modes ("step", "min") have no
+# space and stay logic mutants.
+
+def is_wording(diff: str) -> bool:
+    minus = [line[1:] for line in diff.splitlines() if line.startswith("-") and not line.startswith("---")]
+    plus = [line[1:] for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    if len(minus) != 1 or len(plus) != 1:
+        return False
+    old, new = minus[0], plus[0]
+    changed = [a for a, b in zip(re.findall(r'"[^"]*"|\'[^\']*\'', old), re.findall(r'"[^"]*"|\'[^\']*\'', new)) if a != b]
+    if len(changed) != 1 or " " not in changed[0]:
+        return False
+    return old.lower() == new.lower() or "XX" in new
 
 
 # `mutmut show NAME` for many names in one interpreter (one process per name costs seconds each)
@@ -84,9 +102,9 @@ def project_copy(module: str, tests: list[str], into: Path) -> Path:
     return work
 
 
-def mutate(module: str, max_children: int) -> dict:
+def mutate(module: str, max_children: int, tests: list[str] | None = None, results: Path = RESULTS) -> dict:
     """Run mutmut on one module; returns its counts and writes the survivors' diffs."""
-    tests = MODULE_TESTS[module]
+    tests = tests or MODULE_TESTS[module]
     with tempfile.TemporaryDirectory(prefix="blueberry-mutation-") as tmp:
         work = project_copy(module, tests, Path(tmp))
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
@@ -105,15 +123,23 @@ def mutate(module: str, max_children: int) -> dict:
         survivors = [line.split(":")[0].strip() for line in listed.splitlines() if line.strip().endswith(": survived")]
         diffs = subprocess.run([sys.executable, "-c", SHOW, *survivors], cwd=work, env=env,
                                capture_output=True, text=True, check=True).stdout if survivors else ""
+    blocks = re.split(r"^# (\S+): survived\n", diffs, flags=re.M)[1:]
+    wording = [name for name, diff in zip(blocks[::2], blocks[1::2]) if is_wording(diff)]
     scored = stats["killed"] + stats["survived"] + stats["timeout"]   # mutants some test ran against
-    stats.update(module=module, tests=tests, seconds=round(seconds),
-                 score=round(stats["killed"] / scored, 3) if scored else None)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"mutation-{module.replace('/', '-').removesuffix('.py')}.txt"
+    logic = scored - len(wording)
+    stats.update(module=module, tests=tests, seconds=round(seconds), wording=len(wording),
+                 score=round(stats["killed"] / scored, 3) if scored else None,
+                 logic_score=round(stats["killed"] / logic, 3) if logic else None)
+    results.mkdir(parents=True, exist_ok=True)
+    out = results / f"mutation-{module.replace('/', '-').removesuffix('.py')}.txt"
+    keys = ("killed", "survived", "wording", "no_tests", "timeout", "total", "score", "logic_score", "seconds")
+    ordered = sorted(zip(blocks[::2], blocks[1::2]), key=lambda b: b[0] in wording)   # logic survivors first
     header = (f"# mutmut on blueberry/{module} against {' '.join(tests)}\n"
-              f"# {json.dumps({k: stats[k] for k in ('killed', 'survived', 'no_tests', 'timeout', 'total', 'score', 'seconds')})}\n"
-              f"# {len(survivors)} surviving mutants follow (each: a missing test, or an equivalent mutant)\n\n")
-    out.write_text(header + diffs)
+              f"# {json.dumps({k: stats[k] for k in keys})}\n"
+              f"# {len(survivors)} surviving mutants follow, {len(survivors) - len(wording)} logic then "
+              f"{len(wording)} wording (each: a missing test, or an equivalent mutant)\n\n")
+    out.write_text(header + "".join(f"# {name}: survived{' (wording)' if name in wording else ''}\n{diff}"
+                                    for name, diff in ordered))
     return stats
 
 
@@ -121,17 +147,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", help=f"modules under blueberry/ (default: all of {', '.join(MODULE_TESTS)})")
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--tests", nargs="+", help="run these tests instead of the module's MODULE_TESTS list")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder for mutation-<module>.txt")
     args = parser.parse_args()
     unknown = [m for m in args.modules if m not in MODULE_TESTS]
     if unknown:
         parser.error(f"no test map for {', '.join(unknown)}; add it to MODULE_TESTS ({', '.join(MODULE_TESTS)})")
-    print("| module | mutants | killed | survived | no tests | score | seconds |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| module | mutants | killed | survived (wording) | no tests | score | logic score | seconds |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for module in args.modules or MODULE_TESTS:
-        s = mutate(module, args.max_children)
-        score = f"{s['score']:.0%}" if s["score"] is not None else "-"
-        print(f"| {module} | {s['total']} | {s['killed']} | {s['survived']} | {s['no_tests']} | {score} | {s['seconds']} |",
-              flush=True)
+        s = mutate(module, args.max_children, args.tests, args.results)
+        pct = {k: f"{s[k]:.0%}" if s[k] is not None else "-" for k in ("score", "logic_score")}
+        print(f"| {module} | {s['total']} | {s['killed']} | {s['survived']} ({s['wording']}) | {s['no_tests']} | "
+              f"{pct['score']} | {pct['logic_score']} | {s['seconds']} |", flush=True)
 
 
 if __name__ == "__main__":

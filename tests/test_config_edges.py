@@ -57,3 +57,73 @@ def test_a_step_budget_from_a_higher_layer_replaces_an_epoch_budget():
     refused("option: max_steps=7 and epochs=2.0 both set the budget; give one (epochs=0 to count in steps)",
             cli_values={"max_steps": 7, "epochs": 2.0})
     assert resolve(LMConfig, cli_values={"max_steps": 7, "epochs": 0}).max_steps == 7
+
+
+def test_stop_at_step_may_equal_max_steps_but_not_pass_it():
+    assert resolve(LMConfig, cli_values={"max_steps": 10, "stop_at_step": 10}).stop_at_step == 10
+    refused("stop_at_step=11: must be <= max_steps (10) or 0", cli_values={"max_steps": 10, "stop_at_step": 11})
+
+
+def test_an_even_mla_rope_dim_is_accepted():
+    assert resolve(LMConfig, cli_values={"attention": "mla", "mla_rope_dim": 16}).mla_rope_dim == 16
+    assert resolve(LMConfig, cli_values={"attention": "mla", "mla_rope_dim": 4}).mla_rope_dim == 4
+
+
+def test_an_epoch_budget_stays_when_no_layer_names_a_step_count():
+    # `base` (a resumed run's saved config) sets epochs and no max_steps: nothing overrides the epochs.
+    assert resolve(LMConfig, base={"epochs": 2.0}).epochs == 2.0
+
+
+def test_presets_unknown_or_of_another_task_name_the_allowed_ones():
+    from blueberry.config import ScanlineConfig, preset_names, preset_task
+
+    lm = [n for n in preset_names() if preset_task(n) == "lm"]
+    scan = [n for n in preset_names() if preset_task(n) == "scanline"]
+    assert "lm-tiny" in lm and "scanline-tiny" in scan
+    refused(f"preset='nope': unknown; allowed: {', '.join(preset_names())}", preset="nope")
+    with pytest.raises(UserError, match="^" + re.escape(
+            f"preset='lm-tiny': is a lm preset, not scanline; allowed: {', '.join(scan)}") + "$"):
+        resolve(ScanlineConfig, preset="lm-tiny")
+
+
+def test_a_preset_without_a_task_key_belongs_to_the_task_that_loads_it(tmp_path, monkeypatch):
+    import blueberry.config as config
+
+    (tmp_path / "bare.yaml").write_text("max_steps: 3\n")
+    (tmp_path / "broken.yaml").write_text("task: lm\nmax_steps: [3\n")
+    real = config.resources.files
+    monkeypatch.setattr(config.resources, "files",
+                        lambda pkg: tmp_path if pkg == "blueberry.presets" else real(pkg))
+    assert config.preset_task("bare") == ""
+    assert resolve(LMConfig, preset="bare").max_steps == 3
+    with pytest.raises(UserError, match=r"^preset broken: not valid YAML \(line 3, column 1: "):
+        resolve(LMConfig, preset="broken")
+
+
+def test_config_files_that_cannot_be_used_say_why(tmp_path):
+    from blueberry.config import read_config_file
+
+    (tmp_path / "bad.yaml").write_text("lr: 1\n  x: : 2\n")
+    with pytest.raises(UserError, match=r"^.*bad\.yaml: not valid YAML \(line 2, column \d+: .+\)$"):
+        read_config_file(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- lr\n- 1\n")
+    with pytest.raises(UserError, match=r"^.*list\.yaml: must be a mapping of field: value$"):
+        read_config_file(tmp_path / "list.yaml")
+    (tmp_path / "binary.yaml").write_bytes(b"lr: \xff\xfe\n")
+    with pytest.raises(UserError, match=r"^.*binary\.yaml: cannot be read \('utf-8' codec can't decode"):
+        read_config_file(tmp_path / "binary.yaml")
+    from blueberry.config import _read_yaml
+    with pytest.raises(UserError, match=r"^dir: cannot be read \(Is a directory\)$"):   # strerror, not the repr
+        _read_yaml(tmp_path, "dir")
+
+
+def test_an_unknown_field_gets_the_alias_a_near_spelling_or_the_help():
+    from blueberry.config import coerce, field_hint
+
+    assert field_hint(LMConfig, "--learning-rate") == " (blueberry calls it lr)"
+    assert field_hint(LMConfig, "Learning_Rate") == " (blueberry calls it lr)"
+    assert field_hint(LMConfig, "num-layers") == " (blueberry calls it n_layers)"
+    assert field_hint(LMConfig, "n_layer_s") == " (did you mean n_layers?)"
+    assert field_hint(LMConfig, "zzzzqqq") == "; see `blueberry train lm --help`"
+    with pytest.raises(UserError, match=r"^config: unknown field 'learning_rate' \(blueberry calls it lr\)$"):
+        coerce(LMConfig, "learning_rate", 0.1)

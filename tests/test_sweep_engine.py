@@ -357,3 +357,56 @@ def test_bayes_searches_log_ranges_in_log_space(dist, low, high):
     assert values.min() >= 1e-5 * (1 - 1e-9) and values.max() <= 1e-1 * (1 + 1e-9)
     decades = np.histogram(np.log10(values), bins=[-5, -4, -3, -2, -1])[0] / len(values)
     assert decades.min() > 0.15, decades   # linear sampling puts ~90% in the top decade, ~0.1% in the lowest
+
+
+def test_next_params_tells_bayes_which_taken_trials_are_still_running():
+    """Trials started but not ended are told to TPE as running (its constant liar), so two runners on
+    one sweep do not propose the same point: the proposal is the one a proposer told about them makes."""
+    from blueberry.sweep.engine import _derived_seed
+
+    config = {"method": "bayes", "metric": {"name": "loss", "goal": "minimize"}, "parameters": QUAD}
+    finished = [({"x": float(x), "k": 3}, _loss({"x": x})) for x in np.linspace(0.0, 1.0, 12)]
+    running = [{"x": 0.3, "k": 3}] * 3
+    taken = [p for p, _ in finished] + running
+    seed = _derived_seed(7, len(taken))
+    told = BayesProposer(QUAD, "minimize", seed, finished, running).suggest()[1]
+    untold = BayesProposer(QUAD, "minimize", seed, finished).suggest()[1]
+    assert told != untold
+    assert next_params(config, finished, taken, 7) == told
+
+
+def test_bayes_keeps_q_uniform_proposals_inside_a_range_that_does_not_start_at_zero():
+    params = {"x": {"distribution": "q_uniform", "min": 0.5, "max": 2.0, "q": 0.25}}
+    xs = [BayesProposer(params, seed=s).suggest()[1]["x"] for s in range(40)]
+    assert all(0.5 <= x <= 2.0 for x in xs) and len(set(xs)) > 3
+
+
+def test_bayes_takes_a_categorical_with_probabilities():
+    params = {"opt": {"values": ["adamw", "muon"], "probabilities": [0.5, 0.5]}}
+    proposer = BayesProposer(params, history=[({"opt": "muon"}, 1.0)])
+    assert proposer.skipped == 0 and proposer.suggest()[1]["opt"] in ("adamw", "muon")
+
+
+def test_bayes_history_at_the_edges_of_each_space_is_told_not_skipped():
+    # a q_log value quantized just below its continuous range (2.5 -> 2) is a value the sweep made
+    q_log = {"x": {"distribution": "q_log_uniform_values", "min": 2.5, "max": 100.0, "q": 2}}
+    assert BayesProposer(q_log, history=[({"x": 2}, 1.0)]).skipped == 0
+    # ... but an unquantized log range has no such values: one outside it is from another space
+    log = {"x": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1}}
+    assert BayesProposer(log, history=[({"x": 1e-6}, 1.0)]).skipped == 1
+    # q_log_normal rounds small draws to 0; a normal value far in the tail has cdf 1.0
+    q_log_normal = {"x": {"distribution": "q_log_normal", "mu": 0.0, "sigma": 1.0, "q": 0.5}}
+    assert BayesProposer(q_log_normal, history=[({"x": 0.0}, 1.0)]).skipped == 0
+    normal = {"x": {"distribution": "normal", "mu": 0.0, "sigma": 1.0}}
+    tail = BayesProposer(normal, history=[({"x": 40.0}, 1.0), ({"x": -40.0}, 2.0)])
+    assert tail.skipped == 0 and len(tail.study.trials) == 2
+    # sigma 0: every value is mu
+    point = {"x": {"distribution": "normal", "mu": 1.5, "sigma": 0.0}}
+    fixed = BayesProposer(point, history=[({"x": 1.5}, 1.0)])
+    assert fixed.skipped == 0 and fixed.suggest()[1]["x"] == 1.5
+
+
+def test_bayes_normal_proposals_follow_the_normal():
+    params = {"x": {"distribution": "normal", "mu": 0.0, "sigma": 1.0}}
+    xs = np.array([BayesProposer(params, seed=s).suggest()[1]["x"] for s in range(200)])
+    assert abs(xs.mean()) < 0.3 and 0.7 < xs.std() < 1.3 and np.abs(xs).max() < 5.0
