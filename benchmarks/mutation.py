@@ -142,9 +142,10 @@ def mutate(module: str, max_children: int, tests: list[str] | None = None, resul
     wording = [name for name, diff in zip(blocks[::2], blocks[1::2]) if is_wording(diff)]
     scored = stats["killed"] + stats["survived"] + stats["timeout"]   # mutants some test ran against
     logic = scored - len(wording)
+    caught = stats["killed"] + stats["timeout"]   # a test run that never ends fails too (as Stryker counts it)
     stats.update(module=module, tests=tests, seconds=round(seconds), wording=len(wording),
-                 score=round(stats["killed"] / scored, 3) if scored else None,
-                 logic_score=round(stats["killed"] / logic, 3) if logic else None)
+                 score=round(caught / scored, 3) if scored else None,
+                 logic_score=round(caught / logic, 3) if logic else None)
     results.mkdir(parents=True, exist_ok=True)
     out = results / f"mutation-{module.replace('/', '-').removesuffix('.py')}.txt"
     keys = ("killed", "survived", "wording", "no_tests", "timeout", "total", "score", "logic_score", "seconds")
@@ -171,12 +172,12 @@ def main() -> None:
     unknown = [m for m in args.modules if m not in MODULE_TESTS]
     if unknown:
         parser.error(f"no test map for {', '.join(unknown)}; add it to MODULE_TESTS ({', '.join(MODULE_TESTS)})")
-    print("| module | mutants | killed | survived (wording) | no tests | score | logic score | seconds |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| module | mutants | killed | timeout | survived (wording) | no tests | score | logic score | seconds |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for module in args.modules or MODULE_TESTS:
         s = mutate(module, args.max_children, args.tests, args.results, args.functions or FUNCTIONS.get(module, []))
         pct = {k: f"{s[k]:.0%}" if s[k] is not None else "-" for k in ("score", "logic_score")}
-        print(f"| {module} | {s['total']} | {s['killed']} | {s['survived']} ({s['wording']}) | {s['no_tests']} | "
+        print(f"| {module} | {s['total']} | {s['killed']} | {s['timeout']} | {s['survived']} ({s['wording']}) | {s['no_tests']} | "
               f"{pct['score']} | {pct['logic_score']} | {s['seconds']} |", flush=True)
 
 
