@@ -167,6 +167,20 @@ def test_sharded_checkpoints_resume_exactly_on_2_ranks_and_on_1_process(runs, tm
     assert merged.keys() == reference.keys()
     assert max((merged[k] - reference[k]).abs().max().item() for k in merged) < TOLERANCE
 
+    # a damaged shard: the run's latest gives way to the newest intact checkpoint, a named one is refused
+    damaged = tmp_path / "damaged" / fsdp.name
+    shutil.copytree(fsdp, damaged, symlinks=True)
+    shard = sorted((damaged / rundir.CHECKPOINTS / "step-0000020" / "pytorch_model_fsdp_0").glob("*.distcp"))[0]
+    shard.write_bytes(shard.read_bytes()[:-7])
+    res = cli("checkpoint", "consolidate", str(damaged))
+    assert res.returncode == 0 and "step-0000010" in res.stdout, res.stderr[-2000:]
+    assert f"latest checkpoint is damaged: {shard}: " in res.stderr
+    assert (damaged / rundir.CHECKPOINTS / "step-0000010" / "model.safetensors").exists()
+    res = cli("checkpoint", "consolidate", str(shard.parent.parent))
+    assert res.returncode == 2 and res.stderr.strip().endswith(f"{shard}: {shard.stat().st_size} bytes, "
+                                                               f"{shard.stat().st_size + 7} were written "
+                                                               "(truncated or damaged)"), res.stderr
+
 
 def test_memory_command_estimates_per_rank_state(cli):
     res = cli("memory", "--preset", "lm-tiny", "--world-size", "4")

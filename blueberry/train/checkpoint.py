@@ -177,6 +177,30 @@ def pick_intact(run_dir: Path, preferred: Path | None, what: str, notice, model_
     return ckpt
 
 
+def pick(run_dir: Path, which: str, notice) -> Path:
+    """The checkpoint whose model weights `evaluate` and `checkpoint consolidate` read: best | latest of
+    the run, or `which` as a checkpoint dir. A damaged best or latest gives way to the newest intact
+    step checkpoint, with a notice; a damaged checkpoint dir named by the user is an error naming the file."""
+    from blueberry.train import sharded
+
+    if which in ("best", "latest"):
+        preferred = best_checkpoint(run_dir) if which == "best" else rundir.latest_checkpoint(run_dir)
+        if which == "best" and preferred is None and rundir.checkpoints(run_dir):
+            notice(f"{run_dir} has no best checkpoint (save_best=false?); using the newest intact one")
+        found = pick_intact(run_dir, preferred, which, notice, model_only=True)
+        if found is None:
+            raise UserError(f"checkpoint={which}: {run_dir} has no intact checkpoint"
+                            + (" (see above)" if rundir.checkpoints(run_dir) else ""))
+        return found
+    found = Path(which)
+    if not (found / sharded.CONSOLIDATED).exists() and not sharded.is_sharded(found):
+        raise UserError(f"checkpoint={which}: no {sharded.CONSOLIDATED} there; use best, latest or a checkpoint dir")
+    problem = damage(found, model_only=True)
+    if problem:
+        raise UserError(f"checkpoint={which}: {problem}")
+    return found
+
+
 def resolve_resume(path: str | Path) -> tuple[Path, Path]:
     """(run_dir, checkpoint dir) from a run dir or a checkpoint dir; a run dir gives its newest intact
     checkpoint (FileNotFoundError when it has none)."""

@@ -24,28 +24,6 @@ from blueberry.train.tracking import checkpoint_step, log_evaluation, notice
 from blueberry.train.trainer import make_accelerator
 
 
-def pick_checkpoint(run_dir: Path, which: str) -> Path:
-    """best | latest | a checkpoint dir; a damaged best or latest gives way to the newest intact step
-    checkpoint, with a notice; a damaged checkpoint dir named by the user is an error naming the file."""
-    if which in ("best", "latest"):
-        preferred = checkpoint.best_checkpoint(run_dir) if which == "best" else rundir.latest_checkpoint(run_dir)
-        if which == "best" and preferred is None and rundir.checkpoints(run_dir):
-            notice(f"{run_dir} has no best checkpoint (save_best=false?); using the newest intact one")
-        found = checkpoint.pick_intact(run_dir, preferred, which, notice, model_only=True)
-        if found is None:
-            raise UserError(f"checkpoint={which}: {run_dir} has no intact checkpoint"
-                            + (" (see above)" if rundir.checkpoints(run_dir) else ""))
-        return found
-    found = Path(which)
-    if not (found / f"{SAFE_MODEL_NAME}.safetensors").exists() and not sharded.is_sharded(found):
-        raise UserError(f"checkpoint={which}: no {SAFE_MODEL_NAME}.safetensors there; use best, latest or a "
-                        "checkpoint dir")
-    problem = checkpoint.damage(found, model_only=True)
-    if problem:
-        raise UserError(f"checkpoint={which}: {problem}")
-    return found
-
-
 def default_split(task, cfg) -> str:
     """What `evaluate` reads when no --split is given: the test split when the run has one, else val."""
     return "test" if "test" in task.splits and getattr(cfg, "test_fraction", 0) > 0 else "val"
@@ -68,19 +46,19 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, which: str = "be
     split = split or default_split(task, cfg)
     if split not in task.splits:
         raise UserError(f"split={split}: {task_name} runs have {', '.join(task.splits)}")
-    ckpt = pick_checkpoint(run_dir, which)
+    ckpt = checkpoint.pick(run_dir, which, notice)
 
     accelerator = make_accelerator(cfg)
     data = task.build_data(cfg, accelerator)
     model = task.build_model(cfg, data)
+    weights = ckpt / (sharded.MODEL_DIR if sharded.is_sharded(ckpt) else f"{SAFE_MODEL_NAME}.safetensors")
     try:
         if sharded.is_sharded(ckpt):   # an FSDP run's model, as torch.distributed.checkpoint shards
             model.load_state_dict(sharded.model_state_dict(ckpt, model))
         else:
-            load_checkpoint_in_model(model, str(ckpt / f"{SAFE_MODEL_NAME}.safetensors"), strict=True)
+            load_checkpoint_in_model(model, str(weights), strict=True)
     except Exception as e:   # written by another version of the model, or damaged without a manifest
-        raise UserError(f"{ckpt / SAFE_MODEL_NAME}.safetensors: cannot be loaded into the run's model "
-                        f"({first_line(e)})") from None
+        raise UserError(f"{weights}: cannot be loaded into the run's model ({first_line(e)})") from None
     model = accelerator.prepare(model)
     metrics, figures = task.evaluate(model, data, cfg, accelerator, split=split)
     if accelerator.is_main_process:

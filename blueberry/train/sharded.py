@@ -114,19 +114,20 @@ def rescale_data_position(state, ckpt: Path, world_size: int) -> None:
 
 
 def consolidate_path(path: Path, which: str = "latest") -> Path:
-    """`blueberry checkpoint consolidate PATH`: a checkpoint dir, or a run dir's latest or best one."""
+    """`blueberry checkpoint consolidate PATH`: a checkpoint dir, or a run dir's latest or best one (a
+    damaged one gives way to the newest intact checkpoint, as in `evaluate`)."""
     from blueberry import rundir
-    from blueberry.train.checkpoint import best_checkpoint
+    from blueberry.train import checkpoint
+    from blueberry.train.tracking import notice
 
     path = Path(path)
     if path.parent.name == rundir.CHECKPOINTS:
-        return consolidate(path)
+        return consolidate(checkpoint.pick(path.parent.parent, str(path), notice))
     if which not in ("latest", "best"):
         raise UserError(f"checkpoint={which}: use latest or best (or give a checkpoint dir as PATH)")
-    ckpt = rundir.latest_checkpoint(path) if which == "latest" else best_checkpoint(path)
-    if ckpt is None:
-        raise UserError(f"{path}: no {which} checkpoint (give a run dir with checkpoints/step-*, or a checkpoint dir)")
-    return consolidate(ckpt)
+    if not (path / rundir.CHECKPOINTS).is_dir():
+        raise UserError(f"{path}: not a run dir (no {rundir.CHECKPOINTS}/) or a checkpoint dir")
+    return consolidate(checkpoint.pick(path, which, notice))
 
 
 def consolidate(ckpt: Path) -> Path:
