@@ -182,8 +182,7 @@ class LMConfig(RunConfig):
             raise UserError(f"mla_rope_dim={self.mla_rope_dim}: must be even")
         if (self.d_model // self.n_heads) % 2:
             raise UserError(f"n_heads={self.n_heads}: head dim d_model/n_heads must be even for RoPE")
-        if not (self.tokenizer.startswith("bpe:") and self.tokenizer[4:].isdigit()) and \
-                (not self.tokenizer or self.tokenizer.startswith("bpe")):
+        if bpe_size(self.tokenizer) is None and (not self.tokenizer or self.tokenizer.startswith("bpe")):
             raise UserError(f"tokenizer={self.tokenizer!r}: use bpe:N (e.g. bpe:8192) or a Hugging Face tokenizer name")
         if self.data.startswith("hf:") and not self.max_docs:
             raise UserError("max_docs=0: hub datasets are streamed; set max_docs (e.g. --max_docs 20000)")
@@ -256,6 +255,12 @@ def parse_floats(text: str, name: str) -> list[float]:
 TASK_CONFIGS: dict[str, type[RunConfig]] = {"lm": LMConfig, "scanline": ScanlineConfig}
 # Options of `blueberry train TASK` besides the fields: a YAML file of fields, and a recipe mapping.
 EXTRA_TRAIN_OPTIONS = ("config", "recipe")
+
+
+def bpe_size(tokenizer: str) -> int | None:
+    """N of a `bpe:N` tokenizer spec (a BPE trained on the train split); None for anything else."""
+    size = tokenizer[4:] if tokenizer.startswith("bpe:") else ""
+    return int(size) if size.isdigit() else None
 
 
 # --- presets and resolution -------------------------------------------------------------------

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from blueberry.config import bpe_size
+
 KINDS = ("params", "grads", "optimizer")
 
 
@@ -86,8 +88,8 @@ def format_table(rows: list[tuple[str, StateBytes]]) -> str:
 
 def lm_vocab_size(tokenizer: str) -> int:
     """The vocabulary a run's tokenizer spec gives: bpe:N -> N, else the pretrained tokenizer's."""
-    if tokenizer.startswith("bpe:") and tokenizer[4:].isdigit():
-        return int(tokenizer[4:])
+    if bpe_size(tokenizer) is not None:
+        return bpe_size(tokenizer)
     from blueberry.data.tokenizer import pretrained
 
     return pretrained(tokenizer).vocab_size

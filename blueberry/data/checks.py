@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from blueberry.config import bpe_size
+
 
 def data_warnings(cfg: Any, stats: dict[str, Any]) -> list[str]:
     """One line per problem: near-duplicates above dedup_warn, a val split far from val_fraction
@@ -24,9 +26,8 @@ def data_warnings(cfg: Any, stats: dict[str, Any]) -> list[str]:
             out.append(f"val_fraction={cfg.val_fraction} but val holds {stats['val_docs']} of {docs} documents "
                        f"({share:.0%}; train {stats['train_docs']}): too few documents or groups to split finely; "
                        "add documents or raise val_fraction knowingly")
-    asked = cfg.tokenizer[4:] if cfg.tokenizer.startswith("bpe:") else ""
-    vocab = stats.get("vocab_size")
-    if asked.isdigit() and vocab is not None and vocab < int(asked):
+    asked, vocab = bpe_size(cfg.tokenizer), stats.get("vocab_size")
+    if asked is not None and vocab is not None and vocab < asked:
         out.append(f"tokenizer={cfg.tokenizer} stopped at {vocab} tokens: the train split has no more merges "
                    f"to learn; the model uses vocab_size {vocab} (recorded in the run's data stats)")
     return out

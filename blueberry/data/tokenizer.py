@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from blueberry.config import bpe_size
 from blueberry.data.hub import require_hub
 from blueberry.errors import UserError
 
@@ -110,7 +111,7 @@ def pretrained(name: str) -> TextTokenizer:
 def build_tokenizer(spec: str, train_texts: Iterable[str]) -> TextTokenizer:
     """`bpe:N` trains on `train_texts` (consumed only then); anything else is a pretrained name."""
     if spec.startswith("bpe:"):
-        if not spec[4:].isdigit():
+        if bpe_size(spec) is None:
             raise UserError(f"tokenizer={spec!r}: use bpe:N (e.g. bpe:2048) or a Hugging Face name")
-        return train_bpe(train_texts, int(spec[4:]))
+        return train_bpe(train_texts, bpe_size(spec))
     return pretrained(spec)

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from blueberry.config import bpe_size
+
 
 def model_sizes(cfg: Any) -> dict[str, int] | None:
     """Parameter counts (total, active per token, active without embeddings) and optimizer-state
     bytes of cfg's language model; None when the shape depends on data (scanline: classes and line
     length come from the files) or on a pretrained tokenizer."""
-    if cfg.task != "lm" or not cfg.tokenizer.startswith("bpe:"):
+    vocab = bpe_size(cfg.tokenizer) if cfg.task == "lm" else None
+    if vocab is None:
         return None
     import torch
 
     from blueberry.models.lm import Decoder
     from blueberry.optim.build import optimizer_state_bytes
 
-    vocab = int(cfg.tokenizer[4:])
     with torch.device("meta"):
         model = Decoder(cfg, vocab)
     counts = model.param_counts()
