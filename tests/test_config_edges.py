@@ -127,3 +127,30 @@ def test_an_unknown_field_gets_the_alias_a_near_spelling_or_the_help():
     assert field_hint(LMConfig, "zzzzqqq") == "; see `blueberry train lm --help`"
     with pytest.raises(UserError, match=r"^config: unknown field 'learning_rate' \(blueberry calls it lr\)$"):
         coerce(LMConfig, "learning_rate", 0.1)
+
+
+def test_yaml_problems_say_what_and_where_in_one_line():
+    import yaml
+
+    from blueberry.config import yaml_problem
+
+    with pytest.raises(yaml.YAMLError) as e:
+        yaml.safe_load("a: b: c\n")
+    assert yaml_problem(e.value) == "line 1, column 5: mapping values are not allowed here"
+    # a mark from the context alone, and an error with neither mark nor problem (its first line)
+    context_only = yaml.MarkedYAMLError(context="while parsing", context_mark=yaml.Mark("f", 0, 2, 4, None, None),
+                                        problem="unclosed flow sequence")
+    assert yaml_problem(context_only) == "line 3, column 5: unclosed flow sequence"
+    assert yaml_problem(yaml.YAMLError("first line\nsecond line")) == "first line"
+    with pytest.raises(yaml.YAMLError) as e:
+        yaml.safe_load("a: \x00\n")                  # a reader error: no mark, no problem attribute
+    assert yaml_problem(e.value) == "unacceptable character #x0000: special characters are not allowed"
+
+
+def test_only_bpe_colon_digits_is_a_bpe_size_and_a_missing_config_file_is_named(tmp_path):
+    from blueberry.config import bpe_size, read_config_file
+
+    assert bpe_size("bpe:512") == 512
+    assert bpe_size("gpt2") is None and bpe_size("abcd12") is None and bpe_size("bpe:") is None
+    with pytest.raises(UserError, match=f"^{re.escape(str(tmp_path / 'no.yaml'))}: config file not found$"):
+        read_config_file(tmp_path / "no.yaml")
