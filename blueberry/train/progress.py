@@ -52,8 +52,10 @@ def _duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def progress(total: int, initial: int, desc: str, enabled: bool, file=sys.stderr):
-    """A tqdm bar when `file` is a terminal, else PlainProgress; a disabled tqdm when not `enabled`."""
+def progress(total: int, initial: int, desc: str, enabled: bool, file=None):
+    """A tqdm bar when `file` (default: the stderr of the moment, not of import time) is a terminal,
+    else PlainProgress; a disabled tqdm when not `enabled`."""
+    file = file or sys.stderr
     if enabled and not file.isatty():
         return PlainProgress(total, initial, desc, float(os.environ.get("BLUEBERRY_PROGRESS_S", PLAIN_EVERY_S)),
                              file)
