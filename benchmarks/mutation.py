@@ -51,10 +51,10 @@ MODULE_TESTS = {
     "train/trainer.py": ["tests/test_trainer_units.py",
                          "tests/test_fields_reach_code.py::"
                          "test_grad_accum_is_a_larger_batch_and_tokens_seen_counts_the_batches"],
-    "models/lm.py": ["tests/test_lm_model.py", "tests/test_attention.py"],
-    "models/scanline.py": ["tests/test_scanline_models.py"],
-    "data/token_cache.py": ["tests/test_tokenizer_cache.py"],
-    "data/sources.py": ["tests/test_text_sources.py"],
+    "models/lm.py": ["tests/test_lm_model.py", "tests/test_attention.py", "tests/test_model_parts.py"],
+    "models/scanline.py": ["tests/test_scanline_models.py", "tests/test_model_parts.py"],
+    "data/token_cache.py": ["tests/test_tokenizer_cache.py", "tests/test_token_cache_parts.py"],
+    "data/sources.py": ["tests/test_text_sources.py", "tests/test_sources_parts.py"],
 }
 
 

@@ -410,3 +410,15 @@ def test_bayes_normal_proposals_follow_the_normal():
     params = {"x": {"distribution": "normal", "mu": 0.0, "sigma": 1.0}}
     xs = np.array([BayesProposer(params, seed=s).suggest()[1]["x"] for s in range(200)])
     assert abs(xs.mean()) < 0.3 and 0.7 < xs.std() < 1.3 and np.abs(xs).max() < 5.0
+
+
+def test_bayes_counts_every_history_entry_outside_the_space_and_records_told_failures():
+    outside = [({"x": 7.0, "k": 3}, 1.0), ({"x": -1.0, "k": 3}, 2.0), ({"k": 3}, 3.0)]
+    proposer = BayesProposer(QUAD, history=[*outside, ({"x": 0.5, "k": 3}, 0.1)])
+    assert proposer.skipped == 3 and len(proposer.study.trials) == 1
+    states = []
+    for value in (None, math.nan, 0.25):
+        key, _ = proposer.suggest()
+        proposer.tell(key, value)
+        states.append(proposer.study.trials[key].state.name)
+    assert states == ["FAIL", "FAIL", "COMPLETE"] and proposer.study.best_value == 0.1
