@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 
 # Part of the scanline cache key: bump it whenever the generator's output changes.
-VERSION = 2
+VERSION = 3
 
 CLASS_NAMES = ("atoms", "asymmetries", "rows", "defects")
 DEFAULT_SHARES = (0.088, 0.439, 0.169, 0.304)
@@ -113,8 +113,9 @@ def _draw_image_params(rng: np.random.Generator, n: int, size: int, shares: np.n
     enter = leave * bad_frac / (1 - bad_frac)
     draws = rng.random((n, size))
     bad_line = np.empty((n, size), dtype=bool)
-    state = draws[:, 0] < bad_frac
-    for i in range(size):
+    state = draws[:, 0] < bad_frac        # line 0 from the chain's long-run share, then its transitions
+    bad_line[:, 0] = state
+    for i in range(1, size):
         state = np.where(state, draws[:, i] >= leave, draws[:, i] < enter)
         bad_line[:, i] = state
     lo_t, hi_t = np.array(TIP_SIGMA_NM)[seg_class].transpose(2, 0, 1)
