@@ -376,6 +376,10 @@ def test_grad_accum_is_a_larger_batch_and_tokens_seen_counts_the_batches(tmp_pat
     assert small[4] != pytest.approx(large[4], rel=1e-4)
     tokens = {k: _rows(run, "tokens_seen")[4] for k, run in runs.items()}
     assert tokens[2, 2] == tokens[4, 1] == 2 * tokens[2, 1]
+    # the micro-batches' gradients are averaged, not summed: the norm is that of the batch of 4
+    # (AdamW's step hides a factor 2; the norm, grad_clip and eps do not)
+    norms = {k: _rows(run, "train/grad_norm") for k, run in runs.items()}
+    assert norms[2, 2] and norms[2, 2] == pytest.approx(norms[4, 1], rel=1e-4)
 
 
 @probes("seed", "grad_clip", "mixed_precision")
