@@ -74,10 +74,8 @@ def is_wording(diff: str) -> bool:
 
 # Modules too slow to mutate whole against tests that train: only these functions (mutmut name globs).
 FUNCTIONS = {
-    # optimizer_step is left to test_fields_reach_code's grad_accum and host-sync tests, which train
-    # (a mutant there costs a minute or a timeout on 2 cores)
     "train/trainer.py": ["blueberry.train.trainer.x_budget_in_steps*", "blueberry.train.trainer.xǁBestMetricǁ*",
-                         "blueberry.train.trainer.x__check_fingerprint*"],
+                         "blueberry.train.trainer.x__check_fingerprint*", "blueberry.train.trainer.x_optimizer_step*"],
 }
 
 

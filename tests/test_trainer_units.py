@@ -1,15 +1,18 @@
 """The trainer's small decisions, one at a time and without training: epoch budgets in optimizer
-steps, which metric value counts as a new best, and which data fingerprint changes a resume refuses."""
+steps, which metric value counts as a new best, which data fingerprint changes a resume refuses, and
+what one optimizer step of grad_accum micro-batches does."""
 
+import contextlib
 import math
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from blueberry.config import LMConfig, resolve
 from blueberry.errors import UserError
-from blueberry.train.trainer import BestMetric, _check_fingerprint, budget_in_steps
+from blueberry.train.trainer import BestMetric, _check_fingerprint, budget_in_steps, optimizer_step
 
 
 def data_with(steps_per_epoch: float):
@@ -88,3 +91,74 @@ def test_a_changed_fingerprint_is_refused_unless_named_in_allow_changed(capsys):
         _check_fingerprint(saved, {"data": "bbb", "tokenizer": "t2"}, ckpt, {})
     _check_fingerprint(saved, {"data": "bbb", "tokenizer": "t1"}, ckpt, {"data": ["x", "y"]})
     assert "the data differ from what step-0000010 trained on (allowed)" in capsys.readouterr().err
+
+
+class _Accelerator:
+    """What optimizer_step asks of Accelerate, on one process, counting the micro-batches that skip
+    the gradient all-reduce."""
+
+    def __init__(self):
+        self.unsynced = 0
+
+    def backward(self, loss):
+        loss.backward()
+
+    def no_sync(self, model):
+        self.unsynced += 1
+        return contextlib.nullcontext()
+
+    def clip_grad_norm_(self, params, max_norm):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
+def test_an_optimizer_step_averages_its_micro_batches_syncs_once_and_leaves_no_gradient():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1, bias=False)
+    w0 = model.weight.detach().clone()
+    micro = [(torch.randn(2, 3), torch.randn(2, 1)) for _ in range(3)]
+
+    def loss_of(w, x, y):
+        return ((x @ w.T - y) ** 2).mean()
+
+    def train_loss(m, batch, cfg):
+        loss = loss_of(m.weight, *batch)
+        return loss, {"loss": loss}
+
+    after = []
+    task = SimpleNamespace(train_loss=train_loss, after_optimizer_step=lambda m, cfg, acc: after.append(1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 ** step)
+    acc, parts = _Accelerator(), {}
+    norm, items = optimizer_step(SimpleNamespace(grad_accum=3, grad_clip=100.0), task, acc, model, optimizer,
+                                 scheduler, iter(micro), parts)
+    w = w0.clone().requires_grad_()
+    mean_grad = torch.autograd.grad(sum(loss_of(w, x, y) for x, y in micro) / 3, w)[0]
+    torch.testing.assert_close(model.weight.detach(), w0 - mean_grad)                  # lr 1: one mean step
+    assert norm.item() == pytest.approx(mean_grad.norm().item(), rel=1e-5)             # the norm before clipping
+    assert items == 6 and acc.unsynced == 2 and after == [1]                           # 3 x 2 targets; last syncs
+    assert parts["loss"].item() == pytest.approx(sum(loss_of(w0, x, y) for x, y in micro).item() / 3, rel=1e-6)
+    assert model.weight.grad is None                                                    # none left for the next
+    assert optimizer.param_groups[0]["lr"] == 0.5                                       # the schedule stepped
+
+
+@pytest.mark.parametrize("grad_clip", [0.0, 0.5])
+def test_grad_clip_zero_leaves_the_step_alone_and_a_positive_one_clips_it(grad_clip):
+    torch.manual_seed(1)
+    model = torch.nn.Linear(4, 1, bias=False)
+    w0 = model.weight.detach().clone()
+    x, y = torch.randn(8, 4), torch.randn(8, 1) + 5.0              # a gradient norm far above 0.5
+    task = SimpleNamespace(train_loss=lambda m, batch, cfg: (((batch[0] @ m.weight.T - batch[1]) ** 2).mean(), {}),
+                           after_optimizer_step=lambda m, cfg, acc: None)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    norm, _ = optimizer_step(SimpleNamespace(grad_accum=1, grad_clip=grad_clip), task, _Accelerator(), model,
+                             optimizer, scheduler, iter([(x, y)]), {})
+    w = w0.clone().requires_grad_()
+    g = torch.autograd.grad(((x @ w.T - y) ** 2).mean(), w)[0]
+    assert g.norm() > 1.0
+    if grad_clip == 0:
+        assert norm is None
+        torch.testing.assert_close(model.weight.detach(), w0 - g)
+    else:
+        assert norm.item() == pytest.approx(g.norm().item(), rel=1e-5)
+        torch.testing.assert_close(model.weight.detach(), w0 - g * (0.5 / g.norm()), rtol=1e-4, atol=1e-6)
