@@ -94,18 +94,26 @@ def test_a_changed_fingerprint_is_refused_unless_named_in_allow_changed(capsys):
 
 
 class _Accelerator:
-    """What optimizer_step asks of Accelerate, on one process, counting the micro-batches that skip
-    the gradient all-reduce."""
+    """What optimizer_step asks of Accelerate, on one process; records, for each backward, whether it
+    ran inside no_sync (DDP skips the gradient all-reduce there) and for which model."""
 
     def __init__(self):
-        self.unsynced = 0
+        self.synced: list[bool] = []
+        self.no_sync_models: list = []
+        self._inside = False
 
     def backward(self, loss):
+        self.synced.append(not self._inside)
         loss.backward()
 
+    @contextlib.contextmanager
     def no_sync(self, model):
-        self.unsynced += 1
-        return contextlib.nullcontext()
+        self.no_sync_models.append(model)
+        self._inside = True
+        try:
+            yield
+        finally:
+            self._inside = False
 
     def clip_grad_norm_(self, params, max_norm):
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
@@ -120,22 +128,25 @@ def test_an_optimizer_step_averages_its_micro_batches_syncs_once_and_leaves_no_g
     def loss_of(w, x, y):
         return ((x @ w.T - y) ** 2).mean()
 
+    seen, after = [], []
+
     def train_loss(m, batch, cfg):
+        seen.append((m, cfg))
         loss = loss_of(m.weight, *batch)
         return loss, {"loss": loss}
 
-    after = []
-    task = SimpleNamespace(train_loss=train_loss, after_optimizer_step=lambda m, cfg, acc: after.append(1))
+    task = SimpleNamespace(train_loss=train_loss, after_optimizer_step=lambda *args: after.append(args))
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 ** step)
-    acc, parts = _Accelerator(), {}
-    norm, items = optimizer_step(SimpleNamespace(grad_accum=3, grad_clip=100.0), task, acc, model, optimizer,
-                                 scheduler, iter(micro), parts)
+    acc, parts, cfg = _Accelerator(), {}, SimpleNamespace(grad_accum=3, grad_clip=100.0)
+    norm, items = optimizer_step(cfg, task, acc, model, optimizer, scheduler, iter(micro), parts)
     w = w0.clone().requires_grad_()
     mean_grad = torch.autograd.grad(sum(loss_of(w, x, y) for x, y in micro) / 3, w)[0]
     torch.testing.assert_close(model.weight.detach(), w0 - mean_grad)                  # lr 1: one mean step
     assert norm.item() == pytest.approx(mean_grad.norm().item(), rel=1e-5)             # the norm before clipping
-    assert items == 6 and acc.unsynced == 2 and after == [1]                           # 3 x 2 targets; last syncs
+    assert items == 6                                                                   # 3 x 2 targets
+    assert acc.synced == [False, False, True] and acc.no_sync_models == [model, model]  # only the last syncs
+    assert seen == [(model, cfg)] * 3 and after == [(model, cfg, acc)]
     assert parts["loss"].item() == pytest.approx(sum(loss_of(w0, x, y) for x, y in micro).item() / 3, rel=1e-6)
     assert model.weight.grad is None                                                    # none left for the next
     assert optimizer.param_groups[0]["lr"] == 0.5                                       # the schedule stepped
