@@ -90,15 +90,25 @@ def wait_for(job, env, timeout=300, log_has: tuple[Path, str] | None = None):
     raise AssertionError(f"job {job} still queued after {timeout}s")
 
 
+_HELD_SINCE: dict[str, float] = {}
+RELEASE_AFTER_S = 3.0
+
+
 def _release_begin_time(job, env, squeue_out: str | None = None) -> None:
-    """Start a requeued job now instead of after slurmctld's ~2 min BeginTime hold."""
+    """Start a requeued job soon instead of after slurmctld's ~2 min BeginTime hold, but not at once:
+    slurmd refuses a credential issued in the second its previous run's credential was revoked
+    ("Killing non-startable batch job: Job credential revoked"; the job then ends without a restart,
+    seen once in CI), so the hold is released only after RELEASE_AFTER_S."""
     if squeue_out is None:
         squeue_out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%i|%T|%r"], env=env, capture_output=True,
                                     text=True).stdout
     for line in squeue_out.splitlines():
         jid, state, reason = line.split("|")
         if state == "PENDING" and reason == "BeginTime":
-            subprocess.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"], env=env, capture_output=True)
+            held = _HELD_SINCE.setdefault(jid, time.time())
+            if time.time() - held >= RELEASE_AFTER_S:
+                subprocess.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"], env=env, capture_output=True)
+                _HELD_SINCE.pop(jid, None)
 
 
 def job_field(job, key, env):
