@@ -41,10 +41,9 @@ def _rows_on_rank0(shape, world_size: int) -> int:
 def estimate(model, optimizer_name: str, world_size: int, sharded: bool) -> StateBytes:
     """Rank 0's bytes of fp32 parameters, gradients and optimizer state under DDP or FSDP2.
 
-    Optimizer state per element: AdamW keeps two moments; Muon one momentum buffer for its matrices
-    (the rest of its parameters are on AdamW). `model` may live on the meta device.
+    Optimizer state per element as optim.build.state_copies. `model` may live on the meta device.
     """
-    from blueberry.optim.build import partition_params
+    from blueberry.optim.build import partition_params, state_copies
 
     parts = partition_params(model)
     per_elem = 4   # fp32 master weights, gradients and state, also under bf16 mixed precision
@@ -53,10 +52,7 @@ def estimate(model, optimizer_name: str, world_size: int, sharded: bool) -> Stat
         return _rows_on_rank0(tuple(p.shape), world_size) if sharded else p.numel()
 
     params = sum(size(p) for kind in parts.values() for p in kind)
-    if optimizer_name == "muon":
-        state = sum(size(p) for p in parts["hidden"]) + 2 * sum(size(p) for p in parts["other_matrix"] + parts["vector"])
-    else:
-        state = 2 * params
+    state = sum(state_copies(kind, optimizer_name) * size(p) for kind, ps in parts.items() for p in ps)
     return StateBytes(params * per_elem, params * per_elem, state * per_elem)
 
 

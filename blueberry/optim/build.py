@@ -72,10 +72,13 @@ def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     return {g["name"]: float(g["lr"]) for g in optimizer.param_groups if "name" in g}
 
 
+def state_copies(kind: str, optimizer: str) -> int:
+    """Optimizer-state tensors kept per parameter of a partition_params kind: AdamW keeps two
+    moments, Muon one momentum buffer for a hidden matrix (its other parameters are on AdamW)."""
+    return 1 if optimizer == "muon" and kind == "hidden" else 2
+
+
 def optimizer_state_bytes(model: nn.Module, cfg: Any) -> int:
-    """Bytes the optimizer's state will hold for `model` (meta tensors do): AdamW keeps two moments
-    per parameter, Muon one momentum buffer per hidden matrix (and AdamW's two on the rest)."""
-    parts = partition_params(model)
-    muon = cfg.optimizer == "muon"
-    return sum(p.numel() * p.element_size() * (1 if muon and kind == "hidden" else 2)
-               for kind, params in parts.items() for p in params)
+    """Bytes the optimizer's state will hold for `model` (meta tensors do)."""
+    return sum(p.numel() * p.element_size() * state_copies(kind, cfg.optimizer)
+               for kind, params in partition_params(model).items() for p in params)
