@@ -16,7 +16,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from blueberry.config import TASK_CONFIGS
-from blueberry.sweep.params import is_finite_number
+from blueberry.sweep.params import is_finite_number, listed_values
 from blueberry.sweep.wandb_spec import did_you_mean
 
 # The metric names each task's run logs (metrics.jsonl and W&B history); `*` stands for a class,
@@ -39,8 +39,7 @@ def best_metrics(task: str, config: dict[str, Any]) -> set[str]:
     names = {DEFAULT_BEST[task]}
     spec = (config.get("parameters") or {}).get("best_metric")
     if isinstance(spec, dict):
-        values = spec.get("values") if isinstance(spec.get("values"), list) else [spec.get("value")]
-        names |= {v for v in values if isinstance(v, str) and v}
+        names |= {v for v in listed_values(spec) if isinstance(v, str) and v}
     return names
 
 

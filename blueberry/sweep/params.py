@@ -67,6 +67,11 @@ def quantize(x: float, q: float) -> int | float:
     return int(k * q) if is_int(q) else float(k * q)
 
 
+def listed_values(spec: dict[str, Any]) -> list[Any]:
+    """The values a parameter lists: its `values`, else its single `value` (None for a distribution)."""
+    return spec["values"] if isinstance(spec.get("values"), list) else [spec.get("value")]
+
+
 def varied_parameters(parameters: Any) -> list[str]:
     """The config keys a sweep varies, for plots: parameters with more than one value or a distribution;
     for a dict-valued parameter (a list of recipes, a nested block), the keys inside it that vary."""

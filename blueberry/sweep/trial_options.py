@@ -16,7 +16,7 @@ from typing import Any, Callable
 from blueberry.config import EXTRA_TRAIN_OPTIONS, TASK_CONFIGS, check_bounds, coerce, field_map, load_preset
 from blueberry.errors import UserError
 from blueberry.sweep.command import ARG_MACROS, ENVVAR, apply_overrides, as_delivered, sweep_command
-from blueberry.sweep.params import quantize, setting
+from blueberry.sweep.params import listed_values, quantize, setting
 from blueberry.sweep.wandb_spec import check_parameter, did_you_mean
 
 Add = Callable[[str, str], None]
@@ -221,8 +221,7 @@ def _sweeps_booleans(config: dict[str, Any]) -> bool:
             return False
         if isinstance(spec.get("parameters"), dict):
             return any(has_bool(s) for s in spec["parameters"].values())
-        values = spec.get("values") if isinstance(spec.get("values"), list) else [spec.get("value")]
-        return any(isinstance(v, bool) for v in values)
+        return any(isinstance(v, bool) for v in listed_values(spec))
     parameters = config.get("parameters")
     return isinstance(parameters, dict) and any(has_bool(s) for s in parameters.values())
 
