@@ -51,11 +51,10 @@ def validate_sweep(config: dict[str, Any], *, source: str) -> list[str]:
         add("", "must be a mapping of sweep keys (method:, parameters:, command:, ...)")
         return problems
     top = check_wandb_spec(config, add)
-    check_trial_command(config, top, add)
-    found = sweep_options(config)
+    task = check_trial_command(config, top, add)
     metric = config.get("metric")
-    if found and isinstance(metric, dict) and isinstance(metric.get("name"), str):
-        problem = metric_problem(found[0], metric["name"], config)
+    if task and isinstance(metric, dict) and isinstance(metric.get("name"), str):
+        problem = metric_problem(task, metric["name"], config)
         if problem:
             add("metric.name", problem)
     return problems

@@ -26,7 +26,7 @@ TEXT_ARGS = ("args", "args_no_equals", "args_no_boolean_flags")   # the ${args..
 def sweep_options(config: dict[str, Any]) -> tuple[str, set[str]] | None:
     """(task, option names) of the `blueberry train TASK` the trial runs; None when it runs no
     blueberry train command. The options are the config's fields plus `config` and `recipe`."""
-    found = _find_blueberry(config)
+    found = _find_blueberry(_template_tokens(config))
     if found is None or found[0] is None:
         return None
     task = found[0]
@@ -49,9 +49,8 @@ def _template_tokens(config: dict[str, Any]) -> list[str]:
     return tokens
 
 
-def _find_blueberry(config: dict[str, Any]) -> tuple[str | None, str, int] | None:
-    """(task or None, why not, token index of the task) for the blueberry CLI in the template."""
-    tokens = _template_tokens(config)
+def _find_blueberry(tokens: list[str]) -> tuple[str | None, str, int] | None:
+    """(task or None, why not, token index of the task) for the blueberry CLI in the template tokens."""
     for i, token in enumerate(tokens):
         nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
         if token == "-m" and nxt == "blueberry":
@@ -70,19 +69,20 @@ def _find_blueberry(config: dict[str, Any]) -> tuple[str | None, str, int] | Non
     return None
 
 
-def check_trial_command(config: dict[str, Any], top: dict[str, str | None], add: Add) -> None:
-    """Report what breaks between the sweep and `blueberry train TASK` (nothing for another program).
-    `top` is the distribution of each top-level parameter, as wandb_spec.check_wandb_spec returns it."""
-    found = _find_blueberry(config)
+def check_trial_command(config: dict[str, Any], top: dict[str, str | None], add: Add) -> str | None:
+    """Report what breaks between the sweep and `blueberry train TASK` (nothing for another program);
+    returns TASK, or None when the trial runs no blueberry train command. `top` is the distribution
+    of each top-level parameter, as wandb_spec.check_wandb_spec returns it."""
+    tokens = _template_tokens(config)
+    found = _find_blueberry(tokens)
     if found is None:
-        return   # another program: its options are its own business
+        return None   # another program: its options are its own business
     task, why, task_at = found
     where = "command" if isinstance(config.get("command"), list) and config["command"] else "program"
     if task is None:
         add(where, why)
-        return
+        return None
     command = f"blueberry train {task}"
-    tokens = _template_tokens(config)
     arg_items = [(i, t[2:-1]) for i, t in enumerate(tokens) if t.startswith("${") and t[2:-1] in ARG_MACROS]
     json_file = False
     for i, token in enumerate(tokens):
@@ -119,6 +119,7 @@ def check_trial_command(config: dict[str, Any], top: dict[str, str | None], add:
             _check_recipes(cls, path, spec, dist, add)
         elif dist is not None and name != "config":
             _check_values(cls, fields[name], path, spec, dist, add, as_text=as_text)
+    return task
 
 
 def _check_recipes(cls: type, path: str, spec: dict, dist: str, add: Add) -> None:
@@ -360,7 +361,7 @@ def check_overrides(config: dict[str, Any], overrides: list[str]) -> None:
 
     apply_overrides([], overrides)   # the KEY=VALUE form, as the runner applies them
     pairs = [item.partition("=")[::2] for item in overrides]
-    found = _find_blueberry(config)
+    found = _find_blueberry(_template_tokens(config))
     if found is None or found[0] is None:
         return
     task = found[0]
