@@ -19,8 +19,9 @@ PLAIN_EVERY_S = 30.0
 class PlainProgress:
     """The part of tqdm's interface the trainer uses, written as one line every `every_s` seconds."""
 
-    def __init__(self, total: int, initial: int, desc: str, every_s: float, file=sys.stderr):
-        self.total, self.n, self.desc, self.every_s, self.file = total, initial, desc, every_s, file
+    def __init__(self, total: int, initial: int, desc: str, every_s: float, file=None):
+        self.total, self.n, self.desc, self.every_s = total, initial, desc, every_s
+        self.file = file or sys.stderr   # the stderr of the moment, not of import time
         self.postfix: dict[str, str] = {}
         self._t0 = self._last = time.time()
         self._n0 = self._printed = initial
