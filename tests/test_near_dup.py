@@ -215,3 +215,22 @@ def test_a_training_run_reports_near_duplicates_split_sizes_and_the_real_vocab(t
     # ... and the report's health section names them
     (warning,) = [w for w in analyse(load_runs([run_dir]).runs).warnings if w.kind == "near-duplicates"]
     assert "6 clusters of near-duplicate documents, 14 documents" in warning.message
+
+
+def test_lsh_candidates_below_the_threshold_are_checked_and_left_apart():
+    """The LSH screen is tuned for recall: at dedup_threshold 0.3 a pair sharing 17% of its 5-grams
+    becomes a candidate 85% of the time (64 bands of 2 rows). The signature check must drop it; at a
+    threshold under its similarity the same pairs cluster."""
+    import random
+    import string
+
+    rng = random.Random(0)
+    vocab = ["".join(rng.choices(string.ascii_lowercase, k=7)) for _ in range(5000)]
+    texts = []
+    for _ in range(30):
+        a = [rng.choice(vocab) for _ in range(300)]
+        texts += [" ".join(a), " ".join(a[:90] + [rng.choice(vocab) for _ in range(210)])]   # Jaccard 86/506
+    apart = near_dup.find_near_duplicates(texts, 0.3)
+    assert apart.sizes.max() == 1
+    together = near_dup.find_near_duplicates(texts, 0.1)
+    assert sum(together.labels[i] == together.labels[i + 1] for i in range(0, 60, 2)) >= 27
