@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from blueberry.config import (TASK_CONFIGS, RunConfig, changed_run_fields, dump_yaml, field_map, load_preset,
+from blueberry.config import (TASK_CONFIGS, RunConfig, dump_yaml, field_map, load_preset,
                               parse_recipe, preset_names, preset_task, read_config_file, resolve)
 from blueberry.errors import UserError
 
@@ -96,6 +96,8 @@ def _make_train_command(task: str, cls: type[RunConfig]):
     @config_options(cls)
     def command(config_file, recipe, print_config, allow_changed, **options):
         cli_values = {k: v for k, v in options.items() if v is not None}
+        from blueberry.train.resume import nothing_to_train, resolve_train_config
+
         cfg, resume_ckpt, changes = resolve_train_config(cls, cli_values, config_file,
                                                          parse_recipe(recipe) if recipe else None, allow_changed)
         if print_config:
@@ -103,67 +105,21 @@ def _make_train_command(task: str, cls: type[RunConfig]):
 
             click.echo(dump_yaml(cfg) + sizes_comment(cfg), nl=False)
             return 0
+        if resume_ckpt is not None and (done := nothing_to_train(cfg, resume_ckpt)):
+            from blueberry.console import notice
+
+            notice(done)   # nothing is written: not the config, not the summary, no W&B part
+            return 0
         return run_training(cfg, resume_ckpt, changes)
     return command
 
 
-def resolve_train_config(cls: type[RunConfig], cli_values: dict, config_file: str | None, recipe: dict | None = None,
-                         allow_changed: str | None = None):
-    """(config to train, checkpoint to resume or None, allowed changes {field: [old, new]}): a resumed
-    run starts from its saved config.yaml, with the file, recipe and explicit options on top; a change
-    to a field that defines the run is refused unless `allow_changed` names it."""
-    from blueberry.train.artifacts import fetch_model_artifact, is_artifact_reference
-    from blueberry.train.checkpoint import find_resume_checkpoint
-    from blueberry.train.tracking import notice, requeued_run_dir
-
-    file_values = read_config_file(config_file) if config_file else {}
-    # Where to resume is found first; stop_at_step is checked against max_steps only once the run's
-    # own max_steps is known (a preset's 200 must not refuse --resume RUN --stop_at_step 500).
-    finding = {k: v for k, v in cli_values.items() if k != "stop_at_step"}
-    cfg = resolve(cls, file_values=file_values, recipe=recipe, cli_values=finding, source=config_file or "config")
-    allowed = [f.strip() for f in (allow_changed or "").split(",") if f.strip()]
-    for name in allowed:
-        if name not in cls.defines_run:
-            raise UserError(f"--allow-changed {name}: not a field that defines the run; those are "
-                            f"{', '.join(cls.defines_run)}")
-    if cfg.resume and is_artifact_reference(cfg.resume):   # entity/project/model-ID:alias: download a run dir
-        cfg.resume = str(fetch_model_artifact(cfg.resume, "resume", Path(cfg.out_dir) / "artifacts"))
-    if not cfg.resume and (requeued := requeued_run_dir(cfg.out_dir)):   # W&B's sweep re-ran a preempted trial
-        notice(f"W&B run {os.environ['WANDB_RUN_ID']} was preempted: resuming {requeued}")
-        cfg.resume = str(requeued)
-    ckpt = find_resume_checkpoint(cfg.resume, cfg.out_dir, cfg.name) if cfg.resume else None
-    if ckpt is None:
-        if allowed and cfg.resume != "auto":
-            raise UserError("--allow-changed: only applies with --resume")
-        if "stop_at_step" in cli_values:
-            cfg = resolve(cls, file_values=file_values, recipe=recipe, cli_values=cli_values,
-                          source=config_file or "config")
-        return cfg, None, {}
-    run_dir = ckpt.parent.parent
-    saved = read_config_file(run_dir / "config.yaml")
-    if saved.get("task") != cls.task:
-        raise UserError(f"resume={cfg.resume}: {run_dir} is a {saved.get('task') or 'unknown'} run, not {cls.task}; "
-                        f"resume it with: blueberry train {saved.get('task') or 'TASK'} --resume {run_dir}")
-    per_invocation = ("task", "resume", "stop_at_step")   # where this process stops is not inherited
-    cfg = resolve(cls, base={k: v for k, v in saved.items() if k not in per_invocation}, file_values=file_values,
-                  recipe=recipe, cli_values=cli_values, source=config_file or "config")
-    changes = changed_run_fields(cls, saved, cfg)
-    refused = [name for name in changes if name not in allowed]
-    if refused:
-        raise UserError(f"resume={cfg.resume}: {', '.join(f'{n} {changes[n][0]!r} -> {changes[n][1]!r}' for n in refused)}"
-                        f" would change what {run_dir.name} is (its model, data, split or tokenizer); drop "
-                        f"{'that option' if len(refused) == 1 else 'those options'}, or pass --allow-changed "
-                        f"{','.join(refused)} to continue anyway (recorded in summary.json)")
-    # A field allowed but unchanged in the config (data, tokenizer) still excuses its fingerprint: the
-    # files behind the same path changed. It is recorded with its value as old and new.
-    unchanged = {name: [getattr(cfg, name)] * 2 for name in allowed if name not in changes}
-    return cfg, ckpt, {**changes, **unchanged}
-
-
 def run_training(cfg: RunConfig, resume_ckpt: Path | None, allowed_changes: dict | None = None) -> int:
     from blueberry.rundir import ensure_writable_dir
+    from blueberry.train.progress import plain_every_s
 
     # Before any import or data work: a run that cannot be recorded must not start.
+    plain_every_s()   # BLUEBERRY_PROGRESS_S, read by the progress display once training runs
     if resume_ckpt is None:
         ensure_writable_dir(cfg.out_dir, "out_dir")
     else:
@@ -242,10 +198,13 @@ def checkpoint():
 @click.option("--checkpoint", "which", default="latest", show_default=True,
               help="latest or best of the run dir PATH (ignored when PATH is a checkpoint dir).")
 def consolidate(path, which):
-    """Write an FSDP run's sharded checkpoint as one ordinary CHECKPOINT/model.safetensors."""
-    from blueberry.train.sharded import consolidate_path
+    """Write a sharded checkpoint (FSDP2, or an async save) as one ordinary CHECKPOINT/model.safetensors."""
+    from blueberry.train.checkpoint.pick import pick_path
 
-    click.echo(f"wrote {consolidate_path(Path(path), which)}")
+    ckpt = pick_path(Path(path), which)   # before importing torch: a damaged checkpoint is one line at once
+    from blueberry.train.checkpoint.formats import consolidate
+
+    click.echo(f"wrote {consolidate(ckpt)}")
 
 
 @main.group()

@@ -36,9 +36,14 @@ class RunConfig:
     default_preset: ClassVar[str] = ""
     # The metric that picks the best checkpoint when best_metric is empty (the task reads it from here).
     default_best_metric: ClassVar[str] = ""
+    # The metric names a run logs (metrics.jsonl and W&B history); `*` stands for a class, layer or expert.
+    logged_metrics: ClassVar[tuple[str, ...]] = ()
     # Fields that define the model, the data, the split or the tokenizer: a resume may not change them
     # (the checkpoint would not fit, or val data would have been trained on) unless told to.
     defines_run: ClassVar[tuple[str, ...]] = ("optimizer",)
+    # What each data fingerprint (data/fingerprint.py) depends on: a resume allowed to change one of
+    # these fields may see that fingerprint change (the first field is the one an error suggests).
+    fingerprint_fields: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     # run identity
     preset: str = option("", "Preset the run starts from (YAML in blueberry/presets); applied before every other field.")
@@ -90,6 +95,7 @@ class RunConfig:
     save_every: int = option(0, "Checkpoint every this many optimizer steps; 0 = only at the end (and at each new best if save_best).", min=0)
     keep_last: int = option(2, "Step checkpoints to keep (the best is always kept).", min=1)
     save_best: bool = option(True, "Keep a checkpoint of the best evaluation (checkpoints/best).")
+    async_save: bool = option(False, "Write checkpoints in the background (torch.distributed.checkpoint async_save): training waits only while the state is copied; the folder appears once every rank's files are on disk.")
 
     # Weights & Biases
     wandb_project: str = option("blueberry", "W&B project.")
@@ -108,8 +114,25 @@ class RunConfig:
         """Check every field's bounds, then the relations between fields; raise UserError."""
         for f in fields(self):
             check_bounds(f, getattr(self, f.name))
+        if self.name in (".", "..") or any(c in self.name for c in "/\\\0"):
+            raise UserError(f"name={self.name!r}: must be one folder name (no / or \\); the run dir is "
+                            "OUT_DIR/NAME-YYYYmmdd_HHMMSS")
         if not self.epochs:   # with an epoch budget, checked once epochs are steps (budget_in_steps)
             self.check_stop_at_step()
+        if self.best_metric:
+            self.check_best_metric()
+
+    def check_best_metric(self) -> None:
+        """best_metric must be a metric the evaluation of this task reports (checked again, against the
+        metrics it really returns, at the first evaluation)."""
+        from fnmatch import fnmatchcase
+
+        evaluated = [p for p in self.logged_metrics if p.startswith(EVALUATED_PREFIXES)]
+        if not any(fnmatchcase(self.best_metric, p) for p in evaluated):
+            close = difflib.get_close_matches(self.best_metric, evaluated, n=1)
+            raise UserError(f"best_metric={self.best_metric!r}: not a metric `blueberry train {self.task}` evaluates"
+                            + (f" (did you mean {close[0]}?)" if close else "")
+                            + f"; it evaluates {', '.join(evaluated)}")
 
     def check_stop_at_step(self) -> None:
         if self.stop_at_step > self.max_steps:
@@ -127,11 +150,19 @@ class LMConfig(RunConfig):
     task: ClassVar[str] = "lm"
     default_preset: ClassVar[str] = "lm-tiny"
     default_best_metric: ClassVar[str] = "val/loss"
+    logged_metrics: ClassVar[tuple[str, ...]] = (
+        "val/loss", "val/accuracy", "val/perplexity", "train/loss", "train/aux_loss", "train/lb_loss",
+        "train/z_loss", "train/grad_norm", "train/tokens_per_s", "tokens_seen", "lr", "muon_lr", "epochs",
+        "time", "moe/max_share", "moe/min_share", "moe/layer*/expert*")
     defines_run: ClassVar[tuple[str, ...]] = RunConfig.defines_run + (
         "data", "data_subset", "data_split", "text_field", "max_docs", "synthetic_docs", "val_fraction",
         "dedup", "dedup_threshold", "group_field", "data_seed", "tokenizer", "seq_len", "d_model", "n_layers", "n_heads", "d_ff", "rope_theta", "attention",
         "mla_kv_rank", "mla_q_rank", "mla_rope_dim", "n_experts", "top_k", "expert_d_ff", "n_shared_experts",
         "router", "router_renorm")
+    fingerprint_fields: ClassVar[dict[str, tuple[str, ...]]] = {
+        "corpus": ("data", "data_subset", "data_split", "text_field", "max_docs", "synthetic_docs", "data_seed"),
+        "split": ("val_fraction", "data_seed", "dedup", "dedup_threshold", "group_field"),
+        "tokenizer": ("tokenizer",)}
 
     # data
     data: str = option("synthetic", "'synthetic' (embedded, offline), a local .txt/.jsonl/.json/.parquet file or folder, or hf:NAME for a hub dataset (streamed).")
@@ -195,10 +226,18 @@ class ScanlineConfig(RunConfig):
     task: ClassVar[str] = "scanline"
     default_preset: ClassVar[str] = "scanline-tiny"
     default_best_metric: ClassVar[str] = "val/balanced_accuracy"
+    logged_metrics: ClassVar[tuple[str, ...]] = (
+        "val/loss", "val/accuracy", "val/balanced_accuracy", "val/auroc", "val/recall/*", "train/loss",
+        "train/accuracy", "train/grad_norm", "train/samples_per_s", "samples_seen", "train_eval/loss",
+        "train_eval/accuracy", "train_eval/balanced_accuracy", "train_eval/auroc", "train_eval/recall/*",
+        "gap/loss", "gap/accuracy", "gap/balanced_accuracy", "lr", "epochs", "time")
     defines_run: ClassVar[tuple[str, ...]] = RunConfig.defines_run + (
         "data", "n_images", "image_size", "class_shares", "noise_level", "lines_per_sample", "line_stride",
         "val_fraction", "test_fraction", "data_seed", "model", "patch_size", "d_model", "n_layers", "n_heads",
         "d_ff", "cnn_channels", "lstm_hidden")
+    fingerprint_fields: ClassVar[dict[str, tuple[str, ...]]] = {
+        "corpus": ("data", "n_images", "image_size", "class_shares", "noise_level", "data_seed"),
+        "split": ("val_fraction", "test_fraction", "data_seed")}
 
     # data
     data: str = option("synthetic", "'synthetic' (embedded STM generator, offline) or a .npz with images [N,H,W] (or lines [N,W]) and labels [N].")
@@ -242,6 +281,10 @@ class ScanlineConfig(RunConfig):
             raise UserError(f"n_heads={self.n_heads}: must divide d_model ({self.d_model})")
         if self.model == "vit" and self.image_size % self.patch_size and self.data == "synthetic":
             raise UserError(f"patch_size={self.patch_size}: must divide the line length image_size ({self.image_size})")
+
+
+# Metrics an evaluation returns (what best_metric may name), as opposed to training rows.
+EVALUATED_PREFIXES = ("val/", "train_eval/", "gap/", "moe/")
 
 
 def parse_floats(text: str, name: str) -> list[float]:

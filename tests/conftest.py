@@ -38,6 +38,17 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300
                           text=True, timeout=timeout, env={k: v for k, v in merged.items() if v is not None})
 
 
+def run_record(run: Path) -> dict[str, str]:
+    """Every file of a run dir (checkpoints included) by its SHA-256, and where `best` points; the
+    lock file only names the last process that held it. Equal before and after = nothing was written."""
+    import hashlib
+
+    files = {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in sorted(Path(run).rglob("*")) if p.is_file() and not p.is_symlink() and p.name != ".lock"}
+    files["best ->"] = str((Path(run) / "checkpoints" / "best").resolve())
+    return files
+
+
 def run_dirs(out: Path) -> list[Path]:
     return sorted(p for p in Path(out).iterdir() if p.is_dir())
 

@@ -2,20 +2,19 @@
 field or file, no traceback, and nothing written: no new run dir, and a run dir named in the command
 is byte-for-byte what it was (config.yaml, summary.json, metrics.jsonl, checkpoints).
 
-To add a case, add a row to CASES: an id, the arguments after `blueberry`, the exit code, and a
-piece of the error line. In both, {run} = a finished tiny lm run, {cwd} = the test's folder,
+To add a case, add a row to CASES: an id, the arguments after `blueberry`, the exit code, a
+piece of the error line, and optionally the environment variables the command runs with. In both, {run} = a finished tiny lm run, {cwd} = the test's folder,
 {file} = a plain file there, {repo} = this checkout. Files a case needs are made by SETUP
 (name -> text) before any case runs.
 """
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from conftest import TINY, run_cli, run_dirs
+from conftest import TINY, run_cli, run_dirs, run_record
 
 CASES = [
     # (id, argv, exit code, substring of the one error line)
@@ -32,7 +31,7 @@ CASES = [
     ("resume-changes-model", ["train", "lm", "--resume", "{run}", "--d_model", "64"], 2, "d_model 32 -> 64 would change what"),
     ("resume-changes-split", ["train", "lm", "--resume", "{run}", "--val_fraction", "0.2", "--data_seed", "1"], 2, "val_fraction 0.05 -> 0.2, data_seed 0 -> 1"),
     ("resume-changes-tokenizer", ["train", "lm", "--resume", "{run}", "--tokenizer", "bpe:400"], 2, "tokenizer 'bpe:300' -> 'bpe:400'"),
-    ("resume-allowed-but-cannot-load", ["train", "lm", "--resume", "{run}", "--d_model", "64", "--allow-changed", "d_model"], 2, "its model does not fit this config (size mismatch"),
+    ("resume-allowed-but-cannot-load", ["train", "lm", "--resume", "{run}", "--d_model", "64", "--allow-changed", "d_model", "--max_steps", "6"], 2, "its model does not fit this config (size mismatch"),
     ("resume-allow-non-defining", ["train", "lm", "--resume", "{run}", "--allow-changed", "lr"], 2, "--allow-changed lr: not a field that defines the run"),
     ("resume-other-task", ["train", "scanline", "--resume", "{run}"], 2, "is a lm run, not scanline; resume it with: blueberry train lm --resume"),
     ("resume-missing-step-dir", ["train", "lm", "--resume", "{run}/checkpoints/step-0000099"], 2, "no checkpoint there (no such folder)"),
@@ -44,6 +43,12 @@ CASES = [
     ("slurm-bad-trainer-value", ["slurm", "submit", "train", "--dry-run", "--", "--max_steps", "-5"], 2, "max_steps=-5: must be >= 1"),
     ("sweep-dir-unwritable", ["sweep", "local", "{repo}/sweeps/quickstart.yaml", "--dir", "{file}/sweep"], 2, "--dir={file}: cannot write there (a file is in the way"),
     ("report-out-unwritable", ["report", "{run}", "--out", "/proc/blueberry-report"], 2, "--out=/proc/blueberry-report: cannot write there"),
+    ("name-with-a-slash", ["train", "lm", *TINY, "--name", "a/b"], 2, "name='a/b': must be one folder name"),
+    ("best-metric-misspelled", ["train", "lm", *TINY, "--best_metric", "val/los"], 2, "best_metric='val/los': not a metric `blueberry train lm` evaluates (did you mean val/loss?)"),
+    ("best-metric-not-evaluated", ["train", "scanline", "--best_metric", "train/loss"], 2, "best_metric='train/loss': not a metric"),
+    ("progress-interval-not-a-number", ["train", "lm", *TINY, "--max_steps", "1"], 2, "BLUEBERRY_PROGRESS_S='abc': must be a number of seconds >= 0", {"BLUEBERRY_PROGRESS_S": "abc"}),
+    ("resume-below-its-step", ["train", "lm", "--resume", "{run}", "--max_steps", "2"], 2, "max_steps=2: {run.name} is already at step 3 (step-0000003); give max_steps >= 3"),
+    ("resume-in-more-processes-changes-the-batch", ["train", "lm", "--resume", "{run}", "--max_steps", "6"], 2, "step-0000003 was written by 1 process(es) with a global batch of 4 (batch_size 4 x grad_accum 1 x 1); 2 process(es) with batch_size 4 x grad_accum 1 would train on 8: pass a batch_size and grad_accum with batch_size x grad_accum x 2 = 4", {"WORLD_SIZE": "2"}),
 ]
 
 SETUP = {
@@ -51,15 +56,6 @@ SETUP = {
     "broken.yaml": "lr: 0.1\n bad: [\n",
     "a-file": "not a folder\n",
 }
-
-
-def _fingerprint(run: Path) -> dict[str, str]:
-    """Every file of a run dir (checkpoints included) by its SHA-256, and where `best` points; the
-    lock file only names the last process that held it."""
-    files = {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
-             for p in sorted(run.rglob("*")) if p.is_file() and not p.is_symlink() and p.name != ".lock"}
-    files["best ->"] = str((run / "checkpoints" / "best").resolve())
-    return files
 
 
 @pytest.fixture(scope="module")
@@ -73,22 +69,23 @@ def finished(tmp_path_factory):
     return cwd, run
 
 
-@pytest.mark.parametrize("argv, code, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_and_writes_nothing(finished, argv, code, message):
+@pytest.mark.parametrize("argv, code, message, env", [(*c[1:4], c[4] if len(c) > 4 else {}) for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_writes_nothing(finished, argv, code, message, env):
     cwd, run = finished
-    before = _fingerprint(run)
+    before = run_record(run)
     entries = sorted(p.name for p in cwd.iterdir())
     where = dict(run=run, cwd=cwd, file=cwd / "a-file", repo=Path(__file__).resolve().parents[1])
     args = [a.format(**where) for a in argv]
     message = message.format(**where)
-    res = run_cli(*args, cwd=cwd)
+    res = run_cli(*args, cwd=cwd, env=env)
 
     assert res.returncode == code, res.stderr
     assert "Traceback" not in res.stderr
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], res.stderr
     assert res.stderr.rstrip().splitlines()[-1] == errors[0]   # the error ends the output
-    assert _fingerprint(run) == before                        # the run record is untouched
+    assert run_record(run) == before                        # the run record is untouched
     assert sorted(p.name for p in cwd.iterdir()) == entries   # no new run dir, report or file
     assert run_dirs(cwd / "runs") == [run]
 

@@ -98,7 +98,7 @@ def test_damaged_checkpoints_are_named_and_the_newest_intact_one_is_used(cli):
     assert used != best.name and f"using the newest intact checkpoint instead: {run / 'checkpoints' / used}" in res.stderr
     # The same without a manifest (a checkpoint of an older blueberry): the load itself fails, in one line.
     (step8 / "manifest.json").unlink()
-    res = cli("train", "lm", "--resume", str(step8))
+    res = cli("train", "lm", "--resume", str(step8), "--max_steps=10")
     assert res.returncode == 2 and "aborted" not in res.stderr
     (line,) = _error_lines(res.stderr)
     assert f"checkpoint {step8}: cannot be loaded" in line
@@ -120,11 +120,13 @@ def test_resume_refuses_a_changed_corpus_and_leaves_config_untouched(cli):
     res = cli("train", "lm", "--resume", str(run))
     assert res.returncode == 2
     (line,) = _error_lines(res.stderr)
-    assert "the data and tokenizer differ from what it trained on" in line and "--allow-changed data,tokenizer" in line
+    assert "the corpus and tokenizer differ from what it trained on: the documents" in line
+    assert "--allow-changed data,tokenizer" in line and "(fingerprint corpus " in line
+    assert "split " not in line.split("(fingerprint")[1]   # the split follows the corpus: not named apart
     assert (run / "config.yaml").read_bytes() == config and rundir.read_summary(run)["status"] == "stopped"
     # Each fingerprint is excused by its own name only: allowing an unrelated field excuses nothing.
     other = cli("train", "lm", "--resume", str(run), "--allow-changed", "optimizer")
-    assert other.returncode == 2 and "--allow-changed data,tokenizer" in _error_lines(other.stderr)[0]
+    assert other.returncode == 2 and "--allow-changed optimizer,data,tokenizer" in _error_lines(other.stderr)[0]
     meant = cli("train", "lm", "--resume", str(run), "--allow-changed", "data,tokenizer")
     assert meant.returncode == 0, meant.stderr
     (change,) = rundir.read_summary(run)["allowed_changes"]
@@ -204,7 +206,7 @@ def test_disk_full_at_a_checkpoint_fails_in_one_line_and_keeps_the_record(cli):
     summary = rundir.read_summary(run)
     failed_at = summary["step"]
     assert summary["status"] == "failed" and summary["reason"] in line and failed_at < 40
-    assert not list((run / "checkpoints").glob(".tmp-*"))                 # the partial copy is gone
+    assert not list((run / "checkpoints").glob("*.incomplete"))            # the partial copy is gone
     kept = rundir.checkpoints(run)
     assert [s for s, _ in kept] == list(range(failed_at))                 # every earlier one is there, intact
     from blueberry.train.checkpoint import damage

@@ -168,12 +168,30 @@ def test_meta_json_records_key_sizes_dedup_and_leak(grouped):
     cfg, data = grouped
     meta = _meta(data)
     assert set(meta) == {"key", "vocab_size", "eos_id", "dtype", "train_docs", "val_docs", "train_tokens",
-                         "unique_train_tokens", "val_tokens", "near_dup", "leak"}
+                         "unique_train_tokens", "val_tokens", "near_dup", "leak", "fingerprint"}
     assert meta["key"] == token_key_info(cfg)
+    assert meta["fingerprint"] == data.fingerprint and set(data.fingerprint) == {"corpus", "split"}
     assert meta["dtype"] == "uint16" and meta["train_docs"] + meta["val_docs"] == 2 * N_TEXTS
     # build_text_data(eval_windows=2) measured leakage on those 2 windows, with leak_ngram=8
     assert set(meta["leak"]) == {"seq_len=32,n=8,eval=2"}
     assert data.stats["leak_ngram"] == 8 and data.stats["leak_fraction"] == meta["leak"]["seq_len=32,n=8,eval=2"]
+
+
+def test_the_corpus_and_the_split_are_fingerprinted_apart(tmp_path, dup_file):
+    """A new split keeps the corpus digest and changes the split's; edited documents change the corpus's.
+    The corpus digest is of the documents as read, before near-duplicates are dropped."""
+    from blueberry.data.fingerprint import texts_digest
+
+    base = build_text_data(_cfg(tmp_path, data=str(dup_file), dedup="drop")).fingerprint
+    texts = [json.loads(line)["text"] for line in dup_file.read_text().splitlines()]
+    assert base["corpus"] == texts_digest(texts)
+    other_split = build_text_data(_cfg(tmp_path, data=str(dup_file), dedup="drop", val_fraction=0.5)).fingerprint
+    assert other_split["corpus"] == base["corpus"] and other_split["split"] != base["split"]
+    other_seed = build_text_data(_cfg(tmp_path, data=str(dup_file), dedup="drop", data_seed=3)).fingerprint
+    assert other_seed["corpus"] == base["corpus"] and other_seed["split"] != base["split"]
+    edited = _jsonl(tmp_path / "edited.jsonl", [{"text": t + " x"} for t in texts])
+    changed = build_text_data(_cfg(tmp_path, data=str(edited), dedup="drop")).fingerprint
+    assert changed["corpus"] != base["corpus"]
 
 
 def test_token_arrays_are_read_only(grouped):

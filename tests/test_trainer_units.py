@@ -75,22 +75,34 @@ def test_a_new_best_must_beat_the_old_by_more_than_min_delta():
         assert not low.improves(bad, None, 0.0) and not high.improves(bad, 2.0, 0.0)
 
 
-def test_a_changed_fingerprint_is_refused_unless_named_in_allow_changed(capsys):
-    saved = {"data": "aaa", "tokenizer": "t1"}
+def test_a_changed_fingerprint_is_refused_unless_a_field_behind_it_is_allowed(capsys):
+    saved = {"corpus": "aaa", "split": "s1", "tokenizer": "t1"}
     ckpt = Path("/runs/r/checkpoints/step-0000010")
-    _check_fingerprint(saved, dict(saved), ckpt, {})                         # unchanged: silent
-    _check_fingerprint(saved, {"other": "x"}, ckpt, {})                      # an old checkpoint's keys only
+    check = lambda current, allowed: _check_fingerprint(saved, current, ckpt, allowed, LMConfig)   # noqa: E731
+    check(dict(saved), {})                                                    # unchanged: silent
+    check({"other": "x"}, {})                                                 # an old checkpoint's keys only
     assert capsys.readouterr().err == ""
+    # A new corpus: the split follows it and is not named; the tokenizer must be named on its own.
     with pytest.raises(UserError) as e:
-        _check_fingerprint(saved, {"data": "bbb", "tokenizer": "t2"}, ckpt, {"data": ["x", "y"]})
+        check({"corpus": "bbb", "split": "s2", "tokenizer": "t2"}, {"data": ["x", "y"]})
     message = str(e.value)
-    assert "the tokenizer differ" in message and "tokenizer t1 -> t2" in message and "data aaa" not in message
-    assert message.endswith("--allow-changed tokenizer to continue on purpose") and str(ckpt) in message
-    with pytest.raises(UserError, match=r"the data and tokenizer differ .*data aaa -> bbb, tokenizer t1 -> t2.*"
+    assert "the tokenizer differs from what it trained on: the tokenizer's vocabulary" in message
+    assert "tokenizer t1 -> t2" in message and "corpus aaa" not in message and "split" not in message.split(":")[1]
+    assert message.endswith("--allow-changed data,tokenizer to continue on purpose") and str(ckpt) in message
+    with pytest.raises(UserError, match=r"the corpus and tokenizer differ .*corpus aaa -> bbb, tokenizer t1 -> t2.*"
                                         r"--allow-changed data,tokenizer to"):
-        _check_fingerprint(saved, {"data": "bbb", "tokenizer": "t2"}, ckpt, {})
-    _check_fingerprint(saved, {"data": "bbb", "tokenizer": "t1"}, ckpt, {"data": ["x", "y"]})
-    assert "the data differ from what step-0000010 trained on (allowed)" in capsys.readouterr().err
+        check({"corpus": "bbb", "split": "s2", "tokenizer": "t2"}, {})
+    # A new split alone (val_fraction): named as the split, excused by any field behind it.
+    with pytest.raises(UserError, match=r": the split differs .*other documents are held out.*--allow-changed "
+                                        r"val_fraction to"):
+        check({"corpus": "aaa", "split": "s2", "tokenizer": "t1"}, {})
+    check({"corpus": "aaa", "split": "s2", "tokenizer": "t1"}, {"data_seed": [0, 1]})
+    assert "the split differs from what step-0000010 trained on (allowed)" in capsys.readouterr().err
+    check({"corpus": "bbb", "split": "s2", "tokenizer": "t1"}, {"data": ["x", "y"]})
+    assert "the corpus differs from what step-0000010 trained on (allowed)" in capsys.readouterr().err
+    # An allowed field of another fingerprint excuses nothing here.
+    with pytest.raises(UserError, match=r"--allow-changed tokenizer,val_fraction to"):
+        check({"corpus": "aaa", "split": "s2", "tokenizer": "t1"}, {"tokenizer": ["a", "a"]})
 
 
 class _Accelerator:

@@ -1,9 +1,14 @@
 """Short digests of what a run trained on, stored in each checkpoint and checked on resume, so a
-resumed run cannot silently continue on other documents, another split or another tokenizer."""
+resumed run cannot silently continue on other documents, another split or another tokenizer.
+
+Each task fingerprints three things apart, so a refused resume says which changed: the corpus
+(the documents or images as read, before any split), the split (which of them are held out) and,
+for text, the tokenizer."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -29,3 +34,12 @@ def arrays_digest(*arrays: np.ndarray) -> str:
 
 def text_digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def texts_digest(texts: Iterable[str], *extra: object) -> str:
+    """SHA-256 (16 hex digits) of a sequence of documents, in order (and of `extra` values)."""
+    h = hashlib.sha256(repr(extra).encode())
+    for text in texts:
+        h.update(text.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]

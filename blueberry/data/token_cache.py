@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ContextManager
 import numpy as np
 
 from blueberry.data import near_dup, synthetic_text
+from blueberry.data.fingerprint import texts_digest
 from blueberry.data.leakage import leak_fraction
 from blueberry.data.sources import cache_root, is_local, load_documents, local_files, split_documents
 from blueberry.data.tokenizer import TextTokenizer, build_tokenizer
@@ -38,7 +39,7 @@ if TYPE_CHECKING:   # only a cache miss builds Datasets (sources.py imports it t
     import datasets
 
 # Part of the key: bump it whenever the bytes a given config produces change.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _BATCH_DOCS = 1000
 
 
@@ -52,6 +53,7 @@ class TextData:
     eos_id: int
     tokenizer: TextTokenizer
     stats: dict[str, Any] = field(default_factory=dict)
+    fingerprint: dict[str, str] = field(default_factory=dict)   # {"corpus": ..., "split": ...}
 
 
 def token_key_info(cfg: Any) -> dict[str, Any]:
@@ -112,7 +114,7 @@ def _open(entry: Path) -> TextData:
              "val_tokens": meta["val_tokens"], "train_docs": meta["train_docs"], "val_docs": meta["val_docs"],
              "vocab_size": meta["vocab_size"], **meta["near_dup"]}
     return TextData(arrays["train"], arrays["val"], meta["vocab_size"], meta["eos_id"], tokenizer,
-                    stats)
+                    stats, meta["fingerprint"])
 
 
 def _leak(entry: Path, data: TextData, seq_len: int, n: int, eval_windows: int | None) -> float:
@@ -141,6 +143,7 @@ def _build(cfg: Any, entry: Path) -> None:
     tmp.mkdir()
     try:
         docs = load_documents(cfg, cache_dir=tmp / "datasets")
+        corpus = texts_digest(docs["text"][:])   # the documents as read, before near-duplicates and the split
         docs, labels, near_stats = _near_duplicates(cfg, docs)
         groups = near_dup.consistent_groups(labels, docs["group"][:] if cfg.group_field else None, len(docs))
         if labels is not None:   # the cluster of each document rides along, for unique_train_tokens
@@ -154,7 +157,8 @@ def _build(cfg: Any, entry: Path) -> None:
                 "dtype": np.dtype(dtype).name, "train_docs": len(train_ds), "val_docs": len(val_ds),
                 "train_tokens": train_tokens, "unique_train_tokens": unique_train,
                 "val_tokens": _write_tokens(tokenizer, val_ds, tmp / "val.bin", dtype, "val")[0],
-                "near_dup": near_stats, "leak": {}}
+                "near_dup": near_stats, "leak": {},
+                "fingerprint": {"corpus": corpus, "split": texts_digest(val_ds["text"][:], len(train_ds))}}
         tokenizer.save(tmp)
         # the Arrow copy of local files was only needed to get here
         del docs, train_ds, val_ds

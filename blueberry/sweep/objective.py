@@ -19,17 +19,9 @@ from blueberry.config import TASK_CONFIGS
 from blueberry.sweep.params import is_finite_number, listed_values
 from blueberry.sweep.wandb_spec import did_you_mean
 
-# The metric names each task's run logs (metrics.jsonl and W&B history); `*` stands for a class,
-# layer or expert. tests/test_sweep_fidelity.py checks this table against real runs of each task.
-LOGGED: dict[str, tuple[str, ...]] = {
-    "lm": ("val/loss", "val/accuracy", "val/perplexity", "train/loss", "train/aux_loss", "train/lb_loss",
-           "train/z_loss", "train/grad_norm", "train/tokens_per_s", "tokens_seen", "lr", "muon_lr", "epochs",
-           "time", "moe/max_share", "moe/min_share", "moe/layer*/expert*"),
-    "scanline": ("val/loss", "val/accuracy", "val/balanced_accuracy", "val/auroc", "val/recall/*", "train/loss",
-                 "train/accuracy", "train/grad_norm", "train/samples_per_s", "samples_seen", "train_eval/loss",
-                 "train_eval/accuracy", "train_eval/balanced_accuracy", "train_eval/auroc", "train_eval/recall/*",
-                 "gap/loss", "gap/accuracy", "gap/balanced_accuracy", "lr", "epochs", "time"),
-}
+# The metric names each task's run logs (config.RunConfig.logged_metrics); `*` stands for a class,
+# layer or expert. tests/test_sweep_fidelity.py checks them against real runs of each task.
+LOGGED: dict[str, tuple[str, ...]] = {task: cls.logged_metrics for task, cls in TASK_CONFIGS.items()}
 DEFAULT_BEST = {task: cls.default_best_metric for task, cls in TASK_CONFIGS.items()}   # the tasks' best_metric
 BEST_SUFFIX = "_best"
 

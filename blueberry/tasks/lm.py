@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from blueberry.config import LMConfig
 from blueberry.data.checks import data_warnings
-from blueberry.data.fingerprint import arrays_digest, text_digest
+from blueberry.data.fingerprint import text_digest
 from blueberry.data.packing import ShardedBatchSampler, Windows, eval_batches, train_batch_stream
 from blueberry.data.token_cache import build_text_data
 from blueberry.errors import UserError
@@ -47,7 +47,7 @@ class LMTask:
                         items_per_batch=cfg.batch_size * cfg.seq_len,
                         unit="tokens", epochs_at=order.epochs_at, stats=stats,
                         payload={"val": val, "vocab_size": text.vocab_size},
-                        fingerprint={"data": arrays_digest(text.train, text.val),
+                        fingerprint={**text.fingerprint,
                                      "tokenizer": text_digest(text.tokenizer.tokenizer.to_str())})
 
     def build_model(self, cfg: LMConfig, data: TaskData) -> Decoder:

@@ -56,8 +56,8 @@ class ScanlineTask:
                         items_per_batch=cfg.batch_size, unit="samples", epochs_at=order.epochs_at, stats=stats,
                         payload={"eval": evaluation, "n_classes": source.n_classes,
                                  "class_names": list(source.class_names), "line_length": source.lines.shape[-1]},
-                        fingerprint={"data": arrays_digest(source.lines, source.line_labels,
-                                                           *(images[s] for s in sorted(images)))})
+                        fingerprint={"corpus": arrays_digest(source.lines, source.line_labels),
+                                     "split": arrays_digest(*(images[s] for s in sorted(images)))})
 
     def build_model(self, cfg: ScanlineConfig, data: TaskData):
         return build_scanline_model(cfg, data.payload["n_classes"], data.payload["line_length"])

@@ -11,13 +11,11 @@ import dataclasses
 import json
 from pathlib import Path
 
-from accelerate.utils import SAFE_MODEL_NAME, load_checkpoint_in_model
-
 from blueberry import rundir
 from blueberry.config import TASK_CONFIGS, read_config_file, resolve
 from blueberry.errors import UserError, first_line
 from blueberry.tasks import load_task
-from blueberry.train import checkpoint, sharded
+from blueberry.train.checkpoint import formats, pick
 from blueberry.train.figures import save_figures
 from blueberry.train.artifacts import fetch_model_artifact, is_artifact_reference
 from blueberry.train.tracking import checkpoint_step, log_evaluation, notice
@@ -46,19 +44,15 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, which: str = "be
     split = split or default_split(task, cfg)
     if split not in task.splits:
         raise UserError(f"split={split}: {task_name} runs have {', '.join(task.splits)}")
-    ckpt = checkpoint.pick(run_dir, which, notice)
+    ckpt = pick(run_dir, which)
 
     accelerator = make_accelerator(cfg)
     data = task.build_data(cfg, accelerator)
     model = task.build_model(cfg, data)
-    weights = ckpt / (sharded.MODEL_DIR if sharded.is_sharded(ckpt) else f"{SAFE_MODEL_NAME}.safetensors")
     try:
-        if sharded.is_sharded(ckpt):   # an FSDP run's model, as torch.distributed.checkpoint shards
-            model.load_state_dict(sharded.model_state_dict(ckpt, model))
-        else:
-            load_checkpoint_in_model(model, str(weights), strict=True)
+        formats.load_model_weights(model, ckpt)   # any layout: model.safetensors or DCP shards
     except Exception as e:   # written by another version of the model, or damaged without a manifest
-        raise UserError(f"{weights}: cannot be loaded into the run's model ({first_line(e)})") from None
+        raise UserError(f"{formats.weights_path(ckpt)}: cannot be loaded into the run's model ({first_line(e)})") from None
     model = accelerator.prepare(model)
     metrics, figures = task.evaluate(model, data, cfg, accelerator, split=split)
     if accelerator.is_main_process:

@@ -53,12 +53,29 @@ def _duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def plain_every_s() -> float:
+    """Seconds between plain progress lines: BLUEBERRY_PROGRESS_S, else PLAIN_EVERY_S. Read before a run
+    starts (the CLI checks it), so a bad value is one line, not a run stuck "running"."""
+    text = os.environ.get("BLUEBERRY_PROGRESS_S")
+    if text is None:
+        return PLAIN_EVERY_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:   # also NaN
+        from blueberry.errors import UserError
+
+        raise UserError(f"BLUEBERRY_PROGRESS_S={text!r}: must be a number of seconds >= 0 (the interval of "
+                        f"plain progress lines in logs; default {PLAIN_EVERY_S:g})")
+    return value
+
+
 def progress(total: int, initial: int, desc: str, enabled: bool, file=None):
     """A tqdm bar when `file` (default: the stderr of the moment, not of import time) is a terminal,
     else PlainProgress; a disabled tqdm when not `enabled`."""
     file = file or sys.stderr
     if enabled and not file.isatty():
-        return PlainProgress(total, initial, desc, float(os.environ.get("BLUEBERRY_PROGRESS_S", PLAIN_EVERY_S)),
-                             file)
+        return PlainProgress(total, initial, desc, plain_every_s(), file)
     return tqdm(total=total, initial=initial, desc=desc, unit="step", disable=not enabled, dynamic_ncols=True,
                 mininterval=1.0, file=file)

@@ -64,32 +64,3 @@ def full_tensor(t):
     from torch.distributed.tensor import DTensor
 
     return t.full_tensor() if isinstance(t, DTensor) else t
-
-
-def keep_optimizer_state_lazy(accelerator, optimizer) -> None:
-    """Under FSDP2, saving before the first optimizer step must not change the training.
-
-    torch.distributed.checkpoint's optimizer state dict (what Accelerate saves and loads under FSDP)
-    creates a missing optimizer state by stepping with zero gradients at lr 0; AdamW counts that
-    step, so the first real update would differ from a run that saved nothing (the trainer saves a
-    best checkpoint at step 0). Such state is dropped again after the save: it is what the first real
-    step creates anyway.
-    """
-    if is_sharded(accelerator):
-        accelerator.register_save_state_pre_hook(lambda *_: forget_untrained_state(accelerator, optimizer))
-
-
-def forget_untrained_state(accelerator, optimizer) -> None:
-    """Clear the optimizer state when no gradient has reached it yet (every moment and momentum is
-    zero on every rank), so the next step initialises it as a fresh optimizer would."""
-    inner = getattr(optimizer, "optimizer", optimizer)
-    if not inner.state:
-        return
-    trained = any(bool(local.ne(0).any()) for state in inner.state.values() for key, value in state.items()
-                  if key != "step" and isinstance(value, torch.Tensor) and value.ndim > 0
-                  for local in [value.to_local() if hasattr(value, "to_local") else value])
-    if accelerator.num_processes > 1:   # the same answer on every rank (a shard may be all zero)
-        flag = torch.tensor([float(trained)], device=accelerator.device)
-        trained = bool(accelerator.reduce(flag, "sum").item())
-    if not trained:
-        inner.state.clear()

@@ -14,21 +14,18 @@ from __future__ import annotations
 import json
 import os
 import queue
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from blueberry import rundir
+from blueberry.console import notice
+from blueberry.train.checkpoint.layout import checkpoint_step
 from blueberry.errors import STOP_FILE_ENV, first_line
 from blueberry.network import has_wandb_key
 
 INIT_TIMEOUT_S = float(os.environ.get("WANDB_INIT_TIMEOUT", 30))
-
-
-def notice(message: str) -> None:
-    print(f"blueberry: {message}", file=sys.stderr, flush=True)
 
 
 def sweep_asked_to_stop() -> bool:
@@ -297,11 +294,6 @@ def wandb_media(media: dict[str, Any]) -> dict[str, Any]:
         else:
             out[name] = wandb.Image(str(item))
     return out
-
-
-def checkpoint_step(ckpt: Path) -> int | None:
-    match = rundir.STEP_DIR.match(Path(ckpt).name)
-    return int(match.group(1)) if match else None
 
 
 def log_model_artifact(run, run_dir: Path, ckpt: Path, step: int | None, aliases: list[str]) -> None:

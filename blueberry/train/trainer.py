@@ -26,8 +26,10 @@ from blueberry.config import RunConfig, dump_yaml
 from blueberry.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_PREEMPTED, RunFailed, UserError, first_line
 from blueberry.optim.build import build_optimizer
 from blueberry.optim.schedules import build_scheduler
-from blueberry.train import checkpoint, sharded, sharding
-from blueberry.train.checkpoint import TrainerState
+from blueberry.train import sharding
+from blueberry.train.checkpoint import TrainerState, best_checkpoint
+from blueberry.train.checkpoint.formats import read_trainer_state
+from blueberry.train.checkpoint.manager import Checkpointer
 from blueberry.train.figures import save_figures
 from blueberry.train.progress import progress
 from blueberry.train.tracking import Tracker, choose_mode, notice, sweep_asked_to_stop
@@ -129,7 +131,6 @@ def build_training(cfg: RunConfig, task, data, accelerator, scheduler_mode: str 
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, mode=scheduler_mode)
     model, optimizer = accelerator.prepare(model, optimizer)
-    sharding.keep_optimizer_state_lazy(accelerator, optimizer)
     return model, optimizer, scheduler, params
 
 
@@ -190,22 +191,27 @@ def _train(cfg: RunConfig, task, accelerator, resume_ckpt: Path | None, locks: l
     state = TrainerState()
     # The scheduler is registered, not prepared: Accelerate's wrapper would step it once per process.
     accelerator.register_for_checkpointing(scheduler, state)
-    if resume_ckpt is not None:
-        _load_checkpoint(accelerator, resume_ckpt)
-        sharded.rescale_data_position(state, resume_ckpt, accelerator.num_processes)
-        _check_fingerprint(state.fingerprint, data.fingerprint, resume_ckpt, allowed_changes)
-        # Only now, with the state loaded and checked, does the run record change.
-        if accelerator.is_main_process:
-            rundir.write_atomic(run_dir / rundir.CONFIG, dump_yaml(cfg))
-            rundir.truncate_metrics(run_dir, state.step)
-    else:
-        set_seed(cfg.seed, device_specific=True)   # different dropout per rank, same init
-    state.fingerprint = dict(data.fingerprint)
-
     tracker = Tracker(run_dir, enabled=accelerator.is_main_process)
-    loop = _Loop(cfg, task, accelerator, model, optimizer, scheduler, data, state, tracker, run_dir, params, best)
-    loop.allowed_changes = allowed_changes
-    return run_dir, loop.run(resumed=resume_ckpt is not None)
+    checkpoints = Checkpointer(accelerator, run_dir, state, keep_last=cfg.keep_last, async_save=cfg.async_save,
+                               on_saved=tracker.checkpoint_saved)
+    try:
+        if resume_ckpt is not None:
+            # The fingerprint before the weights: a corpus whose new vocabulary changed the embedding's
+            # size is a changed corpus, not a model that does not fit.
+            _load_checkpoint(checkpoints, resume_ckpt, data.fingerprint, allowed_changes, type(cfg))
+            # Only now, with the state loaded and checked, does the run record change.
+            if accelerator.is_main_process:
+                rundir.write_atomic(run_dir / rundir.CONFIG, dump_yaml(cfg))
+                rundir.truncate_metrics(run_dir, state.step)
+        else:
+            set_seed(cfg.seed, device_specific=True)   # different dropout per rank, same init
+        state.fingerprint = dict(data.fingerprint)
+        loop = _Loop(cfg, task, accelerator, model, optimizer, scheduler, data, state, tracker, run_dir, params,
+                     best, checkpoints)
+        loop.allowed_changes = allowed_changes
+        return run_dir, loop.run(resumed=resume_ckpt is not None)
+    finally:
+        checkpoints.close_quietly()
 
 
 def _build_data(cfg: RunConfig, task, accelerator):
@@ -222,10 +228,14 @@ def _build_data(cfg: RunConfig, task, accelerator):
         raise
 
 
-def _load_checkpoint(accelerator, ckpt: Path) -> None:
-    """Load the full state, or one line naming the checkpoint and what does not fit."""
+def _load_checkpoint(checkpoints: Checkpointer, ckpt: Path, fingerprint: dict, allowed_changes: dict,
+                     cfg_cls: type[RunConfig]) -> None:
+    """Check the checkpoint's data fingerprints, then load the full state; or one line naming the
+    checkpoint and what does not fit."""
     try:
-        sharded.load_state(accelerator, ckpt)   # Accelerate's load_state, sharded checkpoints in any world
+        saved = read_trainer_state(ckpt)
+        _check_fingerprint(saved.get("fingerprint") or {}, fingerprint, ckpt, allowed_changes, cfg_cls)
+        checkpoints.load(ckpt)   # any layout, any number of processes
     except UserError:
         raise
     except Exception as e:   # a damaged file (caught earlier when it has a manifest) or another model
@@ -236,16 +246,38 @@ def _load_checkpoint(accelerator, ckpt: Path) -> None:
         raise UserError(f"checkpoint {ckpt}: cannot be loaded ({first_line(e)})") from None
 
 
-def _check_fingerprint(saved: dict, current: dict, ckpt: Path, allowed_changes: dict) -> None:
-    """The data and tokenizer must be the ones the checkpoint trained on (old checkpoints carry none)."""
+_FINGERPRINT_MEANS = {
+    "corpus": "the documents (or images) read are not the same",
+    "split": "other documents are held out for validation",
+    "tokenizer": "the tokenizer's vocabulary differs (a bpe:N tokenizer is trained on the train split, so it "
+                 "changes with the corpus or the split)",
+}
+
+
+def _check_fingerprint(saved: dict, current: dict, ckpt: Path, allowed_changes: dict,
+                       cfg_cls: type[RunConfig]) -> None:
+    """The corpus, split and tokenizer must be the ones the checkpoint trained on, unless a field that
+    changes them was allowed to change (a changed corpus also changes the split); old checkpoints
+    carry fewer fingerprints, and only those are compared."""
+    groups = cfg_cls.fingerprint_fields
     differing = [k for k in saved if k in current and saved[k] != current[k]]
-    refused = [k for k in differing if k not in allowed_changes]   # each fingerprint is excused by its own name
+    if "corpus" in differing and "split" in differing:
+        differing.remove("split")   # other documents are necessarily held out differently
+    excused = {k for k in differing if set(allowed_changes) & set(groups.get(k, (k,)))}
+    refused = [k for k in differing if k not in excused]
     if refused:
-        raise UserError(f"checkpoint {ckpt}: the {' and '.join(refused)} differ from what it trained on (fingerprint "
-                        f"{', '.join(f'{k} {saved[k]} -> {current[k]}' for k in refused)}); the data files changed, "
-                        f"or pass --allow-changed {','.join(refused)} to continue on purpose")
+        fields = list(allowed_changes) + [groups.get(k, (k,))[0] for k in refused
+                                          if groups.get(k, (k,))[0] not in allowed_changes]
+        raise UserError(f"checkpoint {ckpt}: the {_and(refused)} from what it trained on: "
+                        + "; ".join(_FINGERPRINT_MEANS.get(k, k) for k in refused)
+                        + f" (fingerprint {', '.join(f'{k} {saved[k]} -> {current[k]}' for k in refused)}); pass "
+                        f"--allow-changed {','.join(dict.fromkeys(fields))} to continue on purpose")
     if differing:
-        notice(f"the {' and '.join(differing)} differ from what {ckpt.name} trained on (allowed)")
+        notice(f"the {_and(differing)} from what {ckpt.name} trained on (allowed)")
+
+
+def _and(names: list[str]) -> str:
+    return " and ".join(names) + (" differs" if len(names) == 1 else " differ")
 
 
 def budget_in_steps(cfg: RunConfig, data) -> RunConfig:
@@ -312,8 +344,9 @@ class Diverged(Exception):
 
 class _Loop:
     def __init__(self, cfg, task, accelerator, model, optimizer, scheduler, data, state, tracker, run_dir, params,
-                 best):
+                 best, checkpoints: Checkpointer):
         self.cfg, self.task, self.acc, self.best = cfg, task, accelerator, best
+        self.checkpoints = checkpoints
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.data, self.state, self.tracker, self.run_dir = data, state, tracker, run_dir
         self.params = params
@@ -383,10 +416,13 @@ class _Loop:
                 self.status = "finished" if state.step >= cfg.max_steps else "stopped"
             self.preempt.settle()
             self._save()
+            self.checkpoints.close()   # an asynchronous last save completes before the run says it ended
         except Diverged as e:
             self.preempt.settle()
             self.status, self.reason, exit_code = "diverged", str(e), EXIT_DIVERGED
+            self.checkpoints.close_quietly()   # the last finite state's save completes
         except BaseException as e:
+            self.checkpoints.close_quietly()
             self.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
             if isinstance(e, OSError):   # e.g. disk full writing metrics.jsonl: one line, not a traceback
                 e = RunFailed(f"{e.filename or self.run_dir}: {e.strerror or e}; the run stopped at step "
@@ -410,7 +446,7 @@ class _Loop:
         state, run_dir = self.state, self.run_dir
         resume = f"blueberry train {self.cfg.task} --resume {run_dir}"
         if self.status == "diverged":
-            best = checkpoint.best_checkpoint(run_dir)
+            best = best_checkpoint(run_dir)
             kept = (f"best checkpoint {best.name} ({self.best.name} {self.state.best_value:.4g}): "
                     f"blueberry evaluate {run_dir}") if best else "no checkpoint was kept"
             return f"diverged: {self.reason}; nothing non-finite was saved; {kept}; try a lower lr: {run_dir}"
@@ -505,8 +541,7 @@ class _Loop:
         if self.acc.is_main_process:
             self.tracker.wait_ready()   # the checkpoint must carry the W&B run id that a resume continues
         self.state.wall_time = self._wall_time()
-        saved = checkpoint.save(self.acc, self.run_dir, self.state.step, keep_last=self.cfg.keep_last, best=best)
-        self.tracker.checkpoint_saved(saved, self.state.step, best=best)   # wandb_log_model=all
+        self.checkpoints.save(self.state.step, best=best)
 
     def _weights_finite(self) -> bool:
         """One host read per checkpoint (not per step); every rank gets the same answer."""
@@ -560,6 +595,7 @@ class _Loop:
             "epochs": self.data.epochs_at(state.micro_batches),
             "wandb": {"id": state.wandb_id, "mode": self.wandb_mode, "dir": self.tracker.wandb_dir,
                       "group": self.tracker.group},
+            "checkpoints": self.checkpoints.stats(),
         }
         if self.reason:
             summary["reason"] = self.reason

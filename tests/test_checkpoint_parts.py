@@ -1,0 +1,206 @@
+"""The checkpoint component part by part: the manifest check (every way a file can be wrong), the
+atomic replacement of a folder of the same step, rotation, `best`, and the Checkpointer itself on
+one process (synchronous and asynchronous saves, the same state back, a step saved once)."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from blueberry import rundir
+from blueberry.train.checkpoint import layout
+from blueberry.train.checkpoint.manifest import MANIFEST, add_to_manifest, damage, write_manifest
+
+
+def _folder(root: Path, step: int, files: dict[str, bytes]) -> Path:
+    ckpt = layout.step_dir(root, step)
+    for name, data in files.items():
+        (ckpt / name).parent.mkdir(parents=True, exist_ok=True)
+        (ckpt / name).write_bytes(data)
+    write_manifest(ckpt, step)
+    return ckpt
+
+
+FILES = {"model.safetensors": b"w" * 1000, "optimizer.bin": b"o" * 500, "random_states_0.pkl": b"r" * 10}
+
+
+def test_the_manifest_finds_every_kind_of_damage(tmp_path):
+    ckpt = _folder(tmp_path, 4, FILES)
+    assert damage(ckpt) is None and damage(ckpt, model_only=True) is None
+    manifest = json.loads((ckpt / MANIFEST).read_text())
+    assert manifest["step"] == 4 and set(manifest["files"]) == set(FILES)
+
+    # Same size, one byte changed: only the SHA-256 can see it.
+    (ckpt / "optimizer.bin").write_bytes(b"o" * 499 + b"x")
+    assert damage(ckpt) == f"{ckpt / 'optimizer.bin'}: checksum differs from the one written with it (damaged)"
+    assert damage(ckpt, model_only=True) is None            # evaluate reads only the weights
+    (ckpt / "optimizer.bin").write_bytes(b"o" * 500)
+    (ckpt / "model.safetensors").write_bytes(b"w" * 999)
+    assert damage(ckpt) == f"{ckpt / 'model.safetensors'}: 999 bytes, 1000 were written (truncated or damaged)"
+    assert damage(ckpt, model_only=True) is not None
+    (ckpt / "model.safetensors").unlink()
+    assert damage(ckpt) == f"{ckpt / 'model.safetensors'}: missing"
+    (ckpt / "model.safetensors").write_bytes(b"w" * 1000)
+    assert damage(ckpt) is None
+
+    # Weights a reader would load that the manifest does not list (added later, never checked).
+    (ckpt / "pytorch_model_fsdp_0").mkdir()
+    (ckpt / "pytorch_model_fsdp_0" / "__0_0.distcp").write_bytes(b"s")
+    assert damage(ckpt) == f"{ckpt / 'pytorch_model_fsdp_0' / '__0_0.distcp'}: not in {MANIFEST} (written after " \
+                           "the checkpoint, and never checked)"
+    add_to_manifest(ckpt, "pytorch_model_fsdp_0/__0_0.distcp", ckpt / "pytorch_model_fsdp_0" / "__0_0.distcp")
+    assert damage(ckpt) is None
+    (ckpt / "notes.txt").write_text("a user's note is not a weight")
+    assert damage(ckpt) is None
+
+    (ckpt / MANIFEST).write_text("{not json")
+    assert damage(ckpt) == f"{ckpt / MANIFEST}: unreadable"
+    (ckpt / MANIFEST).write_text('{"files": [1, 2]}')
+    assert damage(ckpt) == f"{ckpt / MANIFEST}: unreadable"
+    import shutil
+
+    shutil.rmtree(ckpt / "pytorch_model_fsdp_0")
+    (ckpt / MANIFEST).unlink()   # a checkpoint of a blueberry before manifests: its weights suffice
+    assert damage(ckpt) is None
+    (ckpt / "model.safetensors").unlink()
+    assert damage(ckpt) == f"{ckpt}: no model weights and no {MANIFEST}"
+    assert damage(tmp_path / "nope") == f"{tmp_path / 'nope'}: no such checkpoint folder"
+
+
+def test_a_consolidated_copy_is_listed_and_checked_but_optional(tmp_path):
+    ckpt = _folder(tmp_path, 2, {"dcp/__0_0.distcp": b"d" * 300, "dcp/.metadata": b"m" * 20, "scheduler.bin": b"s"})
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(b"c" * 64)
+    add_to_manifest(ckpt, layout.CONSOLIDATED, copy)   # listed before it is renamed into place
+    assert damage(ckpt) is None                         # listed but not there yet: a sharded checkpoint needs none
+    os.replace(copy, ckpt / layout.CONSOLIDATED)
+    assert damage(ckpt) is None
+    (ckpt / layout.CONSOLIDATED).write_bytes(b"c" * 63 + b"!")
+    assert damage(ckpt, model_only=True) == f"{ckpt / layout.CONSOLIDATED}: checksum differs from the one " \
+                                            "written with it (damaged)"
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2-exchange", "two-renames"])
+def test_publish_replaces_a_folder_of_the_same_step_whole(tmp_path, monkeypatch, exchange):
+    if not exchange:
+        monkeypatch.setattr(layout, "_exchange", lambda a, b: False)
+    old = _folder(tmp_path, 6, {"model.safetensors": b"damaged"})
+    new = layout.incomplete_dir(tmp_path, 6)
+    new.mkdir()
+    (new / "model.safetensors").write_bytes(b"fresh")
+    layout.publish(new, old)
+    assert (old / "model.safetensors").read_bytes() == b"fresh" and not new.exists()
+    assert sorted(p.name for p in old.parent.iterdir()) == ["step-0000006"]   # nothing set aside is left
+    # nothing there yet: a plain rename
+    other = layout.incomplete_dir(tmp_path, 8)
+    other.mkdir()
+    layout.publish(other, layout.step_dir(tmp_path, 8))
+    assert [s for s, _ in rundir.checkpoints(tmp_path)] == [6, 8]
+
+
+def test_rotation_keeps_the_newest_complete_and_the_best(tmp_path):
+    for step in (1, 2, 3, 4, 5):
+        _folder(tmp_path, step, {"model.safetensors": b"w"})
+    layout.incomplete_dir(tmp_path, 6).mkdir()               # a save in flight is not a checkpoint yet
+    layout.point_best(tmp_path, layout.step_dir(tmp_path, 2))
+    removed = layout.rotate(tmp_path, keep_last=2)
+    assert [s for s, _ in rundir.checkpoints(tmp_path)] == [2, 4, 5]
+    assert sorted(p.name for p in removed) == ["step-0000001", "step-0000003"]
+    assert layout.incomplete_dir(tmp_path, 6).is_dir()
+    assert layout.best_checkpoint(tmp_path) == layout.step_dir(tmp_path, 2).resolve()
+    layout.point_best(tmp_path, None)
+    assert layout.best_checkpoint(tmp_path) is None
+    layout.rotate(tmp_path, keep_last=1)
+    assert [s for s, _ in rundir.checkpoints(tmp_path)] == [5]
+    assert layout.remove_newer(tmp_path, 4) == [layout.step_dir(tmp_path, 5)] and not rundir.checkpoints(tmp_path)
+    layout.remove_incomplete(tmp_path)
+    assert not list((tmp_path / rundir.CHECKPOINTS).iterdir())
+
+
+# --- the Checkpointer on one process ---------------------------------------------------------------
+
+def _training(tmp_path, async_save: bool, seed: int = 0):
+    """A prepared tiny model, AdamW, a scheduler and a TrainerState, as the trainer registers them."""
+    import torch
+    from accelerate import Accelerator
+
+    from blueberry.train.checkpoint import TrainerState
+    from blueberry.train.checkpoint.manager import Checkpointer
+
+    torch.manual_seed(seed)
+    acc = Accelerator(cpu=True)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 / (1 + s))
+    model, optimizer = acc.prepare(model, optimizer)
+    state = TrainerState()
+    acc.register_for_checkpointing(scheduler, state)
+    saved = []
+    checkpoints = Checkpointer(acc, tmp_path, state, keep_last=2, async_save=async_save,
+                               on_saved=lambda ckpt, step, best: saved.append((ckpt.name, step, best)))
+    return acc, model, optimizer, scheduler, state, checkpoints, saved
+
+
+def _step(model, optimizer, scheduler, state):
+    import torch
+
+    loss = model(torch.randn(4, 8)).pow(2).mean()
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad()
+    state.step += 1
+    return loss.item()
+
+
+@pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
+def test_a_checkpoint_brings_back_the_exact_state_and_a_step_is_saved_once(tmp_path, async_save):
+    import torch
+
+    acc, model, optimizer, scheduler, state, checkpoints, saved = _training(tmp_path, async_save)
+    checkpoints.save(0, best=True)   # before any step: the optimizer state must stay untouched
+    assert not optimizer.optimizer.state
+    for _ in range(3):
+        _step(model, optimizer, scheduler, state)
+    state.best_step = 3
+    checkpoints.save(3, best=True)
+    checkpoints.save(3)              # the same step again (the end of a run after its last eval): nothing new
+    reference = [_step(model, optimizer, scheduler, state) for _ in range(3)]
+    checkpoints.close()
+    ckpt = layout.step_dir(tmp_path, 3)
+    assert damage(ckpt) is None and (ckpt / layout.DCP_DIR).is_dir() == async_save
+    assert [s for s, _ in rundir.checkpoints(tmp_path)] == [0, 3]
+    assert layout.best_checkpoint(tmp_path) == ckpt.resolve()
+    assert saved == [("step-0000000", 0, True), ("step-0000003", 3, True)]   # the hook, once per complete save
+    assert checkpoints.stats()["saves"] == 2 and checkpoints.stats()["async"] == async_save
+
+    # A second "process": another seed's weights, loaded from step 3, continues exactly.
+    acc2, model2, optimizer2, scheduler2, state2, checkpoints2, _ = _training(tmp_path, async_save=False, seed=1)
+    checkpoints2.load(ckpt)
+    assert state2.step == 3 and state2.best_step == 3
+    # weights, AdamW moments, the schedule and the RNG (the batches drawn) all came back: bit for bit
+    resumed = [_step(model2, optimizer2, scheduler2, state2) for _ in range(3)]
+    checkpoints2.close()
+    assert resumed == reference
+    assert all(torch.equal(a, b) for a, b in zip(model2.parameters(), model.parameters()))
+
+
+def test_load_makes_the_run_dir_true_to_the_resumed_timeline(tmp_path):
+    acc, model, optimizer, scheduler, state, checkpoints, _ = _training(tmp_path, async_save=False)
+    checkpoints.keep_last = 5
+    for step in (2, 4, 6):
+        while state.step < step:
+            _step(model, optimizer, scheduler, state)
+        state.best_step = min(step, 4)
+        checkpoints.save(step, best=step <= 4)
+    assert layout.best_checkpoint(tmp_path) == layout.step_dir(tmp_path, 4).resolve()
+    (layout.step_dir(tmp_path, 4) / "model.safetensors").write_bytes(b"\0")   # the best is damaged
+    layout.incomplete_dir(tmp_path, 8).mkdir()                                # a killed save's leftover
+    state.step = 0
+    checkpoints.load(layout.step_dir(tmp_path, 2))
+    # step 6 belonged to the abandoned timeline; best (step 2's best_step is 2) points at step 2
+    assert [s for s, _ in rundir.checkpoints(tmp_path)] == [2]
+    assert layout.best_checkpoint(tmp_path) == layout.step_dir(tmp_path, 2).resolve()
+    assert not layout.incomplete_dir(tmp_path, 8).exists()
+    checkpoints.close()
