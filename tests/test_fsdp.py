@@ -139,7 +139,8 @@ def test_sharded_checkpoints_resume_exactly_on_2_ranks_and_on_1_process(runs, tm
     step10 = fsdp / rundir.CHECKPOINTS / "step-0000010"
     assert (step10 / "pytorch_model_fsdp_0").is_dir() and (step10 / "optimizer_0").is_dir()
     two = resume_copy(fsdp, tmp_path / "two", "fsdp-cpu-2proc.yaml")
-    one = resume_copy(fsdp, tmp_path / "one", None, "--grad_accum=4")   # 2 ranks x 2 = 1 process x 4
+    one = resume_copy(fsdp, tmp_path / "one", None)   # no option: grad_accum 2 -> 4 keeps the global batch
+    assert "grad_accum: 4" in (one / rundir.CONFIG).read_text()
     # Steps 11-20 after the resume equal the uninterrupted run's: weights, optimizer state (Muon
     # momentum, AdamW moments), schedule and data position all came back, also in another world size.
     assert max_gap(curve(two, "train/loss"), curve(fsdp, "train/loss")) < TOLERANCE
