@@ -43,6 +43,7 @@ SEPARATORS = {";", "&&", "||", "|", "&", "(", ")", ";;", "|&"}
 # Option names the docs show on purpose as a mistake, to show the error blueberry gives
 # (`--lrr`, `--learning_rate`). test_docs_commands checks that each is indeed not an option.
 DELIBERATE_MISTAKES = {"lrr", "learning_rate"}
+NEEDS_VALUE = "needs a value"
 
 PLACEHOLDER = re.compile(r"""
     \.\.\.                                   # `PATH...`, `...`
@@ -261,7 +262,7 @@ def check_blueberry(args: list[str], where: str, command: click.Command | None =
                 continue
             if not eq:
                 if i >= len(args):
-                    problems.append(f"{where}: `{name} {opt}` needs a value")
+                    problems.append(f"{where}: `{name} {opt}` {NEEDS_VALUE}")
                     break
                 value = args[i]
                 i += 1
@@ -410,26 +411,46 @@ FOREIGN_OPTIONS = {"--requeue", "--signal",   # sbatch: the #SBATCH lines of slu
 
 
 @cache
-def every_option() -> frozenset[str]:
-    """Every option some program the docs show takes: any blueberry command, accelerate launch, a benchmark."""
-    names, todo = set(FOREIGN_OPTIONS), [cli_main()]
+def blueberry_options() -> dict[str, list[click.Option]]:
+    """Every option of every blueberry command -> the params that carry that name."""
+    found, todo = {}, [cli_main()]
     while todo:
         command = todo.pop()
-        names |= set(options_of(command))
+        for name, param in options_of(command).items():
+            found.setdefault(name, []).append(param)
         todo += getattr(command, "commands", {}).values()
-    names |= set(accelerate_options()) | help_options()
+    return found
+
+
+@cache
+def every_option() -> frozenset[str]:
+    """Every option some program the docs show takes: any blueberry command, accelerate launch, a benchmark."""
+    names = set(FOREIGN_OPTIONS) | set(blueberry_options()) | set(accelerate_options()) | help_options()
     for script in (REPO / "benchmarks").glob("*.py"):
         names |= set(argparse_options(script))
     return frozenset(names)
 
 
 def prose_option_problems(snippet: Snippet) -> list[str]:
-    """An inline span that starts with an option (`--wandb_log_model none|best|all`) names options that exist."""
+    """An inline span that starts with an option (`--wandb_log_model none|best|all`) names options that exist,
+    and values (each of a|b|c) that the option takes where every blueberry command's option of that name
+    has a closed set of them."""
     if snippet.kind != "inline" or not snippet.text.startswith("--"):
         return []
-    names = re.findall(r"(?<![\w-])(--[A-Za-z][\w-]*)", snippet.text)
-    return [f"{snippet.where}: `{snippet.text}`: no command takes {name}" for name in names
-            if name not in every_option() and name.lstrip("-") not in DELIBERATE_MISTAKES]
+    problems = []
+    for name, eq, value in re.findall(r"(?<![\w-])(--[A-Za-z][\w-]*)(?:(=|\s+)([^-\s]\S*))?", snippet.text):
+        if name.lstrip("-") in DELIBERATE_MISTAKES:
+            continue
+        if name not in every_option():
+            problems.append(f"{snippet.where}: `{snippet.text}`: no command takes {name}")
+            continue
+        params = blueberry_options().get(name, [])
+        if value and params and not any(p.is_flag for p in params):
+            for part in value.split("|"):
+                bad = [_value_problem(p, part) for p in params]
+                if all(bad):
+                    problems.append(f"{snippet.where}: `{snippet.text}`: {name}: {bad[0]}")
+    return problems
 
 
 # ---------------------------------------------------------------- whole files
@@ -450,7 +471,8 @@ def command_problems(path: Path, text: str | None = None) -> tuple[list[str], in
         for tokens in found:
             result = check_command(tokens, snippet.where)
             if result is not None:
-                problems += result
+                # prose may name an option without its value: "see `blueberry sweep local --count`"
+                problems += [p for p in result if not (snippet.kind == "inline" and p.endswith(NEEDS_VALUE))]
                 checked += 1
     return problems, checked
 

@@ -58,12 +58,15 @@ blueberry evaluate RUN_DIR --split test --checkpoint best
 python -m benchmarks.peers --threads 1 --rounds 3 --fast
 sbatch slurm/train.sbatch --preset moe-exp8 --lr_x 1
 blueberry train lm --print-config=yes
+blueberry train lm --print-config --lr
 ```
 
     blueberry train scanline --lines_per_sample 8 --line_per_sample 9
 
 The sweep runs `sweeps/nowhere.yaml` with `--config_file launch/gone.yaml`; `--wandb_log_mode best` is a typo;
-`slurm/X.sbatch` is any script. See [the page](page.md#a-page), [gone](gone.md) and [no heading](page.md#nowhere).
+`--wandb_mode online|gone` names a mode that is not;
+`slurm/X.sbatch` is any script; `blueberry sweep local --count` names an option.
+See [the page](page.md#a-page), [gone](gone.md) and [no heading](page.md#nowhere).
 
 ```yaml
 command: ["${interpreter}", "-m", "blueberry.launch", "--config_file", "launch/8gpu.yaml",
@@ -96,7 +99,10 @@ def test_the_checker_names_file_line_option_and_the_known_options(tmp_path):
         "`blueberry train lm` has no option --lr_x": line_of("--lr_x"),
         "`blueberry train lm --print-config` is a flag and takes no value": line_of("--print-config=yes"),
         "`blueberry train scanline` has no option --line_per_sample": line_of("--line_per_sample"),
+        "`blueberry train lm --lr` needs a value": line_of("--print-config --lr"),   # at the end of code
         "no command takes --wandb_log_mode": line_of("--wandb_log_mode"),
+        "`--wandb_mode online|gone`: --wandb_mode: 'gone' is not one of online, offline, disabled":
+            line_of("online|gone"),
         "`blueberry train lm` has no option --optimiser": line_of('command: ['),   # a yaml command list
     }
     for message, line in expected.items():
@@ -108,7 +114,7 @@ def test_the_checker_names_file_line_option_and_the_known_options(tmp_path):
     # and nothing else: comments, placeholders, redirections, `--` and `$ ` prompts are understood
     for fine in ("--not-checked", "--ignored", "RUN_DIR"):
         assert fine not in text
-    assert checked == 16   # every command of SAMPLE (the inline one, 14 code lines, the yaml command)
+    assert checked == 18   # every command of SAMPLE (2 inline, 15 code lines, the yaml command)
 
 
 def test_the_checker_finds_missing_repo_files(tmp_path):
