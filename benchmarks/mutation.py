@@ -5,7 +5,7 @@ time in a module (an operator, a constant, a condition, a dropped call) and runs
 cover the changed function; a mutant no test notices "survives". Survivors are either gaps in the
 tests (write the test that kills them) or equivalent mutants (the change cannot alter behaviour);
 each run writes them, with their diffs, to benchmarks/results/mutation-<module>.txt, and prints
-the mutation score (killed / mutants) per module for the README's development section.
+the mutation score (killed / mutants) per module for docs/development.md.
 
     pip install -e '.[dev]'
     python benchmarks/mutation.py                          # every module in MODULE_TESTS

@@ -199,9 +199,9 @@ class LMConfig(RunConfig):
     n_shared_experts: int = option(0, "Always-on shared experts (DeepSeek style), each expert_d_ff wide.", min=0)
     router: str = option("softmax", "softmax = Mixtral-style top-k of softmax; sigmoid = DeepSeek-V3 sigmoid scores with a score-correction bias.", choices=("softmax", "sigmoid"))
     router_renorm: bool = option(True, "Renormalise the k selected routing weights to sum to 1.")
-    lb_weight: float = option(0.03, "Weight of the Switch load-balancing loss E*sum(f_i*P_i); 0 = off. 0.03 (with bias_update_rate 0.001): measured over seeds on lm-tiny and moe-exp3 (README).", min=0)
+    lb_weight: float = option(0.03, "Weight of the Switch load-balancing loss E*sum(f_i*P_i); 0 = off. 0.03 (with bias_update_rate 0.001): measured over seeds on lm-tiny and moe-exp3 (docs/training.md).", min=0)
     z_loss_weight: float = option(0.0, "Weight of the router z-loss mean(logsumexp(logits)^2); 0 = off.", min=0)
-    bias_update_rate: float = option(0.001, "Aux-loss-free balancing: step of the routing bias toward equal load after each optimizer step; 0 = off. 0.001 (with lb_weight 0.03): measured over seeds on lm-tiny and moe-exp3 (README).", min=0)
+    bias_update_rate: float = option(0.001, "Aux-loss-free balancing: step of the routing bias toward equal load after each optimizer step; 0 = off. 0.001 (with lb_weight 0.03): measured over seeds on lm-tiny and moe-exp3 (docs/training.md).", min=0)
 
     def validate(self) -> None:
         super().validate()

@@ -1,6 +1,6 @@
 """Attention stays on SDPA's fused kernels: no dropout on the attention weights (the LM's `dropout` acts on
 the residual stream), and MLA pads its values to the query/key width. Either would otherwise send SDPA to
-its unfused math kernel (README, benchmarks)."""
+its unfused math kernel (docs/benchmarks.md)."""
 
 import pytest
 import torch

@@ -1,8 +1,8 @@
 """Causal self-attention: multi-head (MHA) and DeepSeek-V3 multi-head latent attention (MLA).
 
 No dropout on the attention weights: with dropout_p > 0 SDPA leaves its fused kernel for the unfused
-math one (bmm, softmax, bernoulli), 1.20 x the training-step time of moe-exp8 on CPU (paired; README,
-benchmarks). The LM's `dropout` acts on the residual stream (models/lm.py), as the scanline ViT's does.
+math one (bmm, softmax, bernoulli), 1.20 x the training-step time of moe-exp8 on CPU (paired;
+docs/benchmarks.md). The LM's `dropout` acts on the residual stream (models/lm.py), as the scanline ViT's does.
 """
 
 import math
