@@ -48,11 +48,20 @@ MODULE_TESTS = {
     "models/attention.py": ["tests/test_attention.py", "tests/test_attention_parts.py"],
     "report/analyse.py": ["tests/test_report_analyse.py", "tests/test_report_stats.py",
                           "tests/test_report_health.py", "tests/test_noise_verdicts.py"],
-    "train/trainer.py": ["tests/test_trainer_units.py"],
+    "train/trainer.py": ["tests/test_trainer_units.py",
+                         "tests/test_run_records.py::test_a_non_finite_evaluation_stops_the_run_as_diverged"],
     "models/lm.py": ["tests/test_lm_model.py", "tests/test_attention.py", "tests/test_model_parts.py"],
     "models/scanline.py": ["tests/test_scanline_models.py", "tests/test_model_parts.py"],
     "data/token_cache.py": ["tests/test_tokenizer_cache.py", "tests/test_token_cache_parts.py"],
     "data/sources.py": ["tests/test_text_sources.py", "tests/test_sources_parts.py"],
+    # every save path: folders and publishing, the manifest, the choice of checkpoint, the formats,
+    # the Checkpointer (sync and async), and what a resume decides before any work
+    "train/checkpoint/layout.py": ["tests/test_checkpoint_parts.py"],
+    "train/checkpoint/manifest.py": ["tests/test_checkpoint_parts.py"],
+    "train/checkpoint/pick.py": ["tests/test_checkpoint_parts.py"],
+    "train/checkpoint/formats.py": ["tests/test_checkpoint_parts.py"],
+    "train/checkpoint/manager.py": ["tests/test_checkpoint_parts.py"],
+    "train/resume.py": ["tests/test_checkpoint_parts.py"],
 }
 
 
@@ -75,7 +84,8 @@ def is_wording(diff: str) -> bool:
 # Modules too slow to mutate whole against tests that train: only these functions (mutmut name globs).
 FUNCTIONS = {
     "train/trainer.py": ["blueberry.train.trainer.x_budget_in_steps*", "blueberry.train.trainer.xǁBestMetricǁ*",
-                         "blueberry.train.trainer.x__check_fingerprint*", "blueberry.train.trainer.x_optimizer_step*"],
+                         "blueberry.train.trainer.x__check_fingerprint*", "blueberry.train.trainer.x_optimizer_step*",
+                         "blueberry.train.trainer.xǁ_Loopǁ_evaluate*"],
 }
 
 

@@ -126,7 +126,10 @@ def run_training(cfg: RunConfig, resume_ckpt: Path | None, allowed_changes: dict
         ensure_writable_dir(resume_ckpt.parent.parent, "resume")
 
     from blueberry.tasks import load_task
+    from blueberry.train.launcher_watch import watch_launcher
     from blueberry.train.trainer import train as train_task
+
+    watch_launcher()   # a rank whose launcher is killed stops like a preempted one, not as an orphan
 
     _, code = train_task(cfg, load_task(cfg.task), resume_ckpt, allowed_changes)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:

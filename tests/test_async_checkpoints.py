@@ -40,3 +40,28 @@ def test_random_sigkills_resume_bit_for_bit(tmp_path):
     assert rundir.read_summary(run)["status"] == "finished"
     assert not list((run / rundir.CHECKPOINTS).glob("*" + layout.INCOMPLETE))
     assert [s for s, _ in rundir.checkpoints(run)][-2:] == [STEPS - 1, STEPS]
+
+
+def test_the_ranks_of_a_killed_launcher_checkpoint_and_stop(tmp_path):
+    """SIGKILL to the launcher's process group only (what `wandb agent` and `sweep local` send after
+    their kill delay): torchrun started each rank in its own session, so the signal does not reach
+    them; they notice the launcher is gone, checkpoint, and stop as preempted; no process is left."""
+    import signal
+    import time
+
+    from benchmarks.checkpoint_kills import _orphans_of, wait_until_logged
+
+    out = tmp_path / "runs"
+    process = launch(out, [*TINY, "--max_steps=5000", "--eval_every=1000", "--wandb_mode=disabled", "--name=o"])
+    assert wait_until_logged(process, out, 3, None)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    deadline = time.time() + 120
+    while _orphans_of(process) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _orphans_of(process)                           # no rank trains on without its launcher
+    run = the_run(out)
+    summary = rundir.read_summary(run)
+    assert summary["status"] == "preempted", summary
+    assert rundir.latest_checkpoint(run).name == f"step-{summary['step']:07d}"
+    assert "the launcher (pid " in process.log.read_text()

@@ -204,3 +204,94 @@ def test_load_makes_the_run_dir_true_to_the_resumed_timeline(tmp_path):
     assert layout.best_checkpoint(tmp_path) == layout.step_dir(tmp_path, 2).resolve()
     assert not layout.incomplete_dir(tmp_path, 8).exists()
     checkpoints.close()
+
+
+# --- which checkpoint a command reads -----------------------------------------------------------
+
+def test_pick_prefers_what_was_asked_and_falls_back_to_the_newest_intact(tmp_path, capsys):
+    from blueberry.errors import UserError
+    from blueberry.train.checkpoint.pick import find_resume_checkpoint, pick, pick_path, resolve_resume
+
+    run = tmp_path / "r-20260101_000000"
+    for step in (2, 4, 6):
+        _folder(run, step, {"model.safetensors": b"w" * 10, "optimizer.bin": b"o" * 10})
+    layout.point_best(run, layout.step_dir(run, 4))
+    assert pick(run, "best") == layout.step_dir(run, 4).resolve()
+    assert pick(run, "latest") == layout.step_dir(run, 6)
+    assert resolve_resume(run) == (run.resolve(), layout.step_dir(run, 6).resolve())
+    assert capsys.readouterr().err == ""
+
+    (layout.step_dir(run, 6) / "optimizer.bin").write_bytes(b"x" * 10)   # damage outside the weights
+    assert pick(run, "latest") == layout.step_dir(run, 6)                # evaluate reads weights only
+    assert resolve_resume(run)[1] == layout.step_dir(run, 4).resolve()   # a resume needs everything
+    assert "skipping a damaged checkpoint" in capsys.readouterr().err
+    (layout.step_dir(run, 4) / "model.safetensors").write_bytes(b"x" * 10)
+    assert pick(run, "best") == layout.step_dir(run, 6)
+    err = capsys.readouterr().err
+    assert f"best checkpoint is damaged: {layout.step_dir(run, 4).resolve() / 'model.safetensors'}" in err
+    assert f"using the newest intact checkpoint instead: {layout.step_dir(run, 6)}" in err
+    with pytest.raises(UserError, match="checksum differs"):
+        pick(run, str(layout.step_dir(run, 4)))                          # named by the user: refused
+    assert pick_path(layout.step_dir(run, 2)) == layout.step_dir(run, 2)
+    with pytest.raises(UserError, match="checkpoint=oldest: use latest or best"):
+        pick_path(run, "oldest")
+    with pytest.raises(UserError, match="not a run dir"):
+        pick_path(tmp_path)
+    with pytest.raises(UserError, match=r"resume=.*step-0000004: .*checksum differs.*resume the run dir"):
+        find_resume_checkpoint(str(layout.step_dir(run, 4)), str(tmp_path), "r")
+    with pytest.raises(UserError, match=r"no checkpoint there \(no such folder\)"):
+        find_resume_checkpoint(str(tmp_path / "nope"), str(tmp_path), "r")
+    assert find_resume_checkpoint("auto", str(tmp_path), "r") == layout.step_dir(run, 2).resolve()
+
+
+def test_resume_decisions_before_any_work(tmp_path, capsys):
+    import dataclasses
+
+    import yaml
+
+    from blueberry.config import LMConfig
+    from blueberry.errors import UserError
+    from blueberry.train.resume import keep_global_batch, nothing_to_train
+
+    run = tmp_path / "r"
+    ckpt = _folder(run, 6, {"model.safetensors": b"w", "random_states_0.pkl": b"r", "random_states_1.pkl": b"r"})
+    (run / "config.yaml").write_text(yaml.safe_dump({"task": "lm", "batch_size": 4, "grad_accum": 2}))
+    cfg = dataclasses.replace(LMConfig(), max_steps=6, batch_size=4, grad_accum=2)
+    assert "nothing to train" in nothing_to_train(cfg, ckpt)
+    assert "nothing to train" in nothing_to_train(dataclasses.replace(cfg, max_steps=10, stop_at_step=6), ckpt)
+    assert nothing_to_train(dataclasses.replace(cfg, max_steps=7), ckpt) is None
+    assert nothing_to_train(dataclasses.replace(cfg, max_steps=5, epochs=2.0), ckpt) is None   # counted later
+    with pytest.raises(UserError, match=r"max_steps=5: r is already at step 6 \(step-0000006\); give max_steps >= 6"):
+        nothing_to_train(dataclasses.replace(cfg, max_steps=5), ckpt)
+
+    # written by 2 processes with a global batch of 4 x 2 x 2 = 16
+    assert keep_global_batch(cfg, ckpt, set(), world_size=2) is cfg
+    one = keep_global_batch(cfg, ckpt, set(), world_size=1)
+    assert one.grad_accum == 4 and "grad_accum 2 -> 4 keeps the global batch of 16" in capsys.readouterr().err
+    with pytest.raises(UserError, match=r"would train on 8: pass --grad_accum 4$"):
+        keep_global_batch(cfg, ckpt, {"grad_accum"}, world_size=1)            # given, and it does not fit
+    assert keep_global_batch(dataclasses.replace(cfg, grad_accum=4), ckpt, {"grad_accum"}, world_size=1).grad_accum == 4
+    with pytest.raises(UserError, match=r"pass a batch_size and grad_accum with batch_size x grad_accum x 3 = 16"):
+        keep_global_batch(cfg, ckpt, set(), world_size=3)
+    assert keep_global_batch(dataclasses.replace(cfg, batch_size=2), ckpt, set(), world_size=4).grad_accum == 2
+
+
+def test_consolidate_writes_one_file_of_the_dcp_weights_and_lists_it(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from blueberry.train.checkpoint.formats import consolidate, load_model_weights
+
+    acc, model, optimizer, scheduler, state, checkpoints, _ = _training(tmp_path, async_save=True)
+    _step(model, optimizer, scheduler, state)
+    checkpoints.save(1)
+    checkpoints.close()
+    ckpt = layout.step_dir(tmp_path, 1)
+    out = consolidate(ckpt)
+    weights = load_file(str(out))
+    assert set(weights) == set(model.state_dict())
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    assert damage(ckpt) is None and layout.CONSOLIDATED in json.loads((ckpt / MANIFEST).read_text())["files"]
+    fresh = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    load_model_weights(fresh, ckpt)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), model.parameters()))
