@@ -249,7 +249,7 @@ def test_gpu_sweep_runs_here_with_a_cpu_launch_config(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     (trial,) = _trials(tmp_path / "sw")
     assert trial["status"] == "finished" and trial["value"] is not None
-    assert trial["argv"][:4] == ["accelerate", "launch", "--config_file", "launch/cpu-2proc.yaml"]
+    assert trial["argv"][2:6] == ["-m", "blueberry.launch", "--config_file", "launch/cpu-2proc.yaml"]
     (run_dir,) = (tmp_path / "sw" / "trials" / "t0000" / "runs").iterdir()   # not in the repo's runs/
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
 

@@ -69,6 +69,26 @@ def _find_blueberry(tokens: list[str]) -> tuple[str | None, str, int] | None:
     return None
 
 
+# Launchers whose own process exits 1 (torchrun's SignalException) when `wandb agent` SIGTERMs it, though
+# the ranks checkpoint and exit 75: W&B records a crash and never re-queues the trial (blueberry/launch.py).
+PLAIN_LAUNCHERS = {"accelerate": "launch", "accelerate-launch": None, "torchrun": None}
+PLAIN_LAUNCHER_MODULES = ("accelerate.commands.launch", "torch.distributed.run", "torch.distributed.launch")
+
+
+def plain_launchers(config: dict[str, Any]) -> list[tuple[int, str]]:
+    """(index in the command, what it starts) of each launcher in the command that `wandb agent` cannot
+    stop cleanly; `python -m blueberry.launch` takes `accelerate launch`'s arguments and can."""
+    tokens = _template_tokens(config)
+    found = []
+    for i, token in enumerate(tokens):
+        name, nxt = os.path.basename(token), tokens[i + 1] if i + 1 < len(tokens) else ""
+        if name in PLAIN_LAUNCHERS and PLAIN_LAUNCHERS[name] in (None, nxt):
+            found.append((i, f"{name} {nxt}" if PLAIN_LAUNCHERS[name] else name))
+        elif token == "-m" and nxt in PLAIN_LAUNCHER_MODULES:
+            found.append((i, f"-m {nxt}"))
+    return found
+
+
 def check_trial_command(config: dict[str, Any], top: dict[str, str | None], add: Add) -> str | None:
     """Report what breaks between the sweep and `blueberry train TASK` (nothing for another program);
     returns TASK, or None when the trial runs no blueberry train command. `top` is the distribution
