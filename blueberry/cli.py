@@ -253,17 +253,6 @@ def sweep():
     """Run W&B sweep YAMLs: on W&B (create/agent) or without a server (local)."""
 
 
-def _load_valid_sweep(path: str) -> dict:
-    from blueberry.sweep.spec import load_sweep, validate_sweep
-
-    config = load_sweep(path)
-    problems = validate_sweep(config, source=path)
-    if problems:
-        raise UserError(problems[0] + (f" (and {len(problems) - 1} more: blueberry sweep validate {path})"
-                                       if len(problems) > 1 else ""))
-    return config
-
-
 @sweep.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def validate(files):
@@ -291,8 +280,9 @@ def validate(files):
 def create(file, project, entity):
     """Register a sweep with W&B (needs the server); prints its id and the agent command."""
     from blueberry.sweep import cloud
+    from blueberry.sweep.spec import load_valid_sweep
 
-    full_id = cloud.create(_load_valid_sweep(file), file, project=project, entity=entity)
+    full_id = cloud.create(load_valid_sweep(file), file, project=project, entity=entity)
     click.echo(f"sweep {full_id}")
     click.echo(f"run agents with:  blueberry sweep agent {full_id}   (or: wandb agent {full_id})")
 
@@ -325,23 +315,15 @@ def agent(sweep_id, count):
 def local(file, workers, count, sweep_dir, overrides, seed, write_report, launch_config):
     """Run a sweep YAML here, no W&B server: trials as subprocesses started from this directory (as
     `wandb agent` starts them), state and run dirs in the sweep dir. Exits 1 when a trial failed."""
-    from blueberry.sweep.display import SweepDisplay
-    from blueberry.sweep.local import LocalRunner, default_sweep_dir, kill_delay, sweep_name, with_launch_config
-    from blueberry.sweep.state import SweepDir
-    from blueberry.sweep.trial_options import check_overrides
-
-    config = _load_valid_sweep(file)
-    overrides = list(overrides)
-    check_overrides(config, overrides)   # before the sweep dir or any trial exists
-    if launch_config:
-        from blueberry.sweep.command import sweep_command
-
-        with_launch_config([str(c) for c in sweep_command(config)], launch_config)
-    path = Path(sweep_dir) if sweep_dir else default_sweep_dir(config, Path(file), overrides)
     from blueberry.rundir import ensure_writable_dir
+    from blueberry.sweep.display import SweepDisplay
+    from blueberry.sweep.local import LocalRunner, default_sweep_dir, sweep_name
+    from blueberry.sweep.state import SweepDir
 
+    overrides = list(overrides)
+    config = checked_local_sweep(file, overrides, launch_config)
+    path = Path(sweep_dir) if sweep_dir else default_sweep_dir(config, Path(file), overrides)
     ensure_writable_dir(path if path.exists() else path.parent, "--dir")   # before any trial starts
-    kill_delay()   # a bad WANDB_AGENT_KILL_DELAY is refused before the sweep dir exists, as the agent refuses it
     state = SweepDir.open(path, config, name=sweep_name(config, Path(file)), overrides=overrides,
                           seed=seed, launch_config=launch_config)
     click.echo(f"sweep dir {path}", err=True)
@@ -361,6 +343,24 @@ def local(file, workers, count, sweep_dir, overrides, seed, write_report, launch
     if write_report and code in (0, 1):   # an interrupted sweep is resumed, and reported, later
         report_sweep(state)
     return code
+
+
+def checked_local_sweep(file: str, overrides: list[str], launch_config: str | None) -> dict:
+    """The sweep `sweep local` runs, after everything it refuses before a sweep dir or trial exists: the
+    YAML, the overrides, the launch config, and WANDB_AGENT_KILL_DELAY (refused as the agent refuses it).
+    `slurm submit sweep` checks a job's arguments with it."""
+    from blueberry.sweep.local import kill_delay, with_launch_config
+    from blueberry.sweep.spec import load_valid_sweep
+    from blueberry.sweep.trial_options import check_overrides
+
+    config = load_valid_sweep(file)
+    check_overrides(config, overrides)
+    if launch_config:
+        from blueberry.sweep.command import sweep_command
+
+        with_launch_config([str(c) for c in sweep_command(config)], launch_config)
+    kill_delay()
+    return config
 
 
 def report_sweep(state) -> None:
@@ -425,6 +425,8 @@ def submit(kind, nodes, gpus, procs, time_limit, partition, account, array, job_
         raise UserError("slurm submit sweep: give the sweep YAML after --, e.g. -- sweeps/moe-lr-search.yaml")
     if kind in ("train", "multinode"):
         check_train_args(task or "lm", list(args), f"slurm submit {kind}")
+    if kind == "sweep":
+        check_sweep_args(mode or "local", list(args))
     script = slurm_jobs.render(kind, sbatch, env, list(args))
     if dry_run:
         click.echo(script, nl=False)
@@ -453,6 +455,19 @@ def check_train_args(task: str, args: list[str], where: str) -> None:
                 cli_values=cli_values, source=params.get("config_file") or "config")
     except UserError as e:
         raise UserError(f"{where}: the job's options: {e}") from None
+
+
+def check_sweep_args(mode: str, args: list[str]) -> None:
+    """Parse the job's `sweep local FILE OPTIONS` (or `sweep agent ID OPTIONS`) as the job will and
+    check what those commands check before they start: a bad YAML, override or option fails at submit."""
+    command = sweep.commands["agent" if mode == "wandb" else "local"]
+    try:
+        ctx = command.make_context(f"sweep {command.name}", list(args))
+    except click.UsageError as e:
+        raise UserError(f"slurm submit sweep: the job's `sweep {command.name}` arguments: "
+                        f"{' '.join(e.format_message().split())}") from None
+    if mode != "wandb":
+        checked_local_sweep(ctx.params["file"], list(ctx.params["overrides"]), ctx.params["launch_config"])
 
 
 @slurm.command()
@@ -529,12 +544,13 @@ def report_paths(paths, out_dir, metric, wandb_project, sweep_id, group, per_run
     from blueberry.report.build import build_report, print_report, report_loaded
     from blueberry.rundir import ensure_writable_dir
 
-    if out_dir:   # before reading any run: a report that cannot be written is not worth building
-        ensure_writable_dir(out_dir, "--out")
     if wandb_project:
         if paths:
             raise UserError("report: give PATHs or --wandb ENTITY/PROJECT, not both")
         from blueberry.report.load import load_wandb
+
+        # before asking W&B for runs (build_report checks its folder before reading the PATHs)
+        ensure_writable_dir(out_dir or "report", "--out")
 
         loaded = load_wandb(wandb_project, sweep_id, group=group)
         source = wandb_project + (f" sweep {sweep_id}" if sweep_id else "") + (f" group {group}" if group else "")

@@ -5,7 +5,8 @@ cannot be written, and the metric the shipped sweeps optimise. Real CLI subproce
 Agent code builds the trial argv."""
 
 import json
-import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -62,3 +63,147 @@ def test_shipped_sweeps_use_the_launcher_the_agent_can_stop(cli, wandb_agent_arg
     assert agent_argv[:7] == ["/usr/bin/env", "python", "-m", "blueberry.launch", "--config_file", "launch/8gpu.yaml",
                               "-m"]
     assert build_command(config, params, interpreter="python") == agent_argv   # sweep local starts the same
+
+
+# --- item 6: the learning_rate -> lr hint, and `slurm submit sweep` / `report wandb-report` checked ---
+
+def _one_error(res, *pieces: str) -> str:
+    """The single `error:` line of a refused command (exit 2), holding every piece."""
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    for piece in pieces:
+        assert piece in lines[0], (piece, lines[0])
+    return lines[0]
+
+
+def test_learning_rate_is_called_lr_in_validate_and_override(cli):
+    _yaml(cli.cwd, "lr.yaml", """
+        method: grid
+        project: blueberry
+        command: [blueberry, train, lm, "${args}"]
+        parameters:
+          learning_rate: {values: [0.001]}
+    """)
+    res = cli("sweep", "validate", "lr.yaml")
+    assert res.returncode == 2
+    assert "lr.yaml: parameters.learning_rate: not an option of 'blueberry train lm' (blueberry calls it lr)" \
+        in res.stderr
+    res = cli("sweep", "local", str(REPO / "sweeps" / "quickstart.yaml"), "--dir", "sw",
+              "--override", "learning_rate=0.01")
+    _one_error(res, "--override learning_rate=0.01", "(blueberry calls it lr)")
+    assert not (cli.cwd / "sw").exists()
+    # the trainer's own hint, from the same table (config.ALIASES)
+    assert "'--lr'" in cli("train", "lm", "--learning_rate", "0.01").stderr
+    assert "(blueberry calls it lr)" in cli("train", "lm", "--recipe", "{learning_rate: 0.01}").stderr
+
+
+def test_slurm_submit_sweep_checks_what_sweep_local_checks(cli):
+    quick = str(REPO / "sweeps" / "quickstart.yaml")
+    _yaml(cli.cwd, "bad.yaml", """
+        method: grid
+        command: [blueberry, train, lm, "${args}"]
+        parameters:
+          lrr: {values: [0.1]}
+    """)
+    refused = {   # the job's arguments -> pieces of the one error line
+        ("missing.yaml",): ["missing.yaml: sweep file not found"],
+        ("bad.yaml",): ["bad.yaml: parameters.lrr: not an option of 'blueberry train lm' (did you mean lr?)"],
+        (quick, "--override", "learning_rate=1"): ["--override learning_rate=1", "(blueberry calls it lr)"],
+        (quick, "--override", "max_steps=-5"): ["max_steps=-5: must be >= 1"],
+        (quick, "--override", "out_dir=x"): ["run dirs in SWEEP_DIR/trials"],
+        (quick, "--workers", "0"): ["slurm submit sweep", "--workers", "0"],
+        (quick, "--wrokers", "2"): ["slurm submit sweep", "--wrokers"],
+        (quick, "--launch-config", "nope.yaml"): ["nope.yaml"],
+        (quick, "--launch-config", str(REPO / "launch" / "cpu-2proc.yaml")): ["--launch-config", "no --config_file"],
+    }
+    for args, pieces in refused.items():
+        res = cli("slurm", "submit", "sweep", "--dry-run", "--", *args)
+        _one_error(res, *pieces)
+        assert "#SBATCH" not in res.stdout
+    res = cli("slurm", "submit", "sweep", "--dry-run", "--", quick, "--override", "learning_rate=1",
+              env={"WANDB_AGENT_KILL_DELAY": "soon"})
+    assert res.returncode == 2
+    res = cli("slurm", "submit", "sweep", "--mode", "wandb", "--dry-run", "--", "me/proj/abc", "--cuont", "2")
+    _one_error(res, "--cuont")
+
+    res = cli("slurm", "submit", "sweep", "--array", "0-3", "--dry-run", "--", quick, "--override", "max_steps=5",
+              "--workers", "2")
+    assert res.returncode == 0, res.stderr
+    assert "#SBATCH --array=0-3" in res.stdout and f"set -- {quick} --override max_steps=5 --workers 2" in res.stdout
+    assert not (cli.cwd / "runs").exists()   # a dry run creates nothing
+    res = cli("slurm", "submit", "sweep", "--mode", "wandb", "--dry-run", "--", "me/proj/abc", "--count", "2")
+    assert res.returncode == 0 and "set -- me/proj/abc --count 2" in res.stdout, res.stderr
+
+
+def test_wandb_report_refuses_a_bad_sweep_file_param_or_metric(cli):
+    quick = str(REPO / "sweeps" / "quickstart.yaml")
+    _yaml(cli.cwd, "bad.yaml", """
+        method: grid
+        command: [blueberry, train, lm, "${args}"]
+        parameters:
+          lrr: {values: [0.1]}
+    """)
+    _yaml(cli.cwd, "scan.yaml", """
+        method: grid
+        project: blueberry
+        metric: {name: val/balanced_accuracy, goal: maximize}
+        command: [blueberry, train, scanline, "${args}"]
+        parameters:
+          dropout: {values: [0.1]}
+    """)
+    base = ("report", "wandb-report", "--offline", "--out", "spec.json")
+    cases = {
+        ("--sweep-file", "bad.yaml"): ["bad.yaml: parameters.lrr: not an option of 'blueberry train lm'"],
+        ("--sweep-file", quick, "--param", "learning_rate"): ["--param learning_rate", "(blueberry calls it lr)"],
+        ("--param", "nonsense_field"): ["--param nonsense_field"],
+        ("--sweep-file", quick, "--param", "n_expert"): ["--param n_expert", "(did you mean n_experts?)"],
+        ("--sweep-file", "scan.yaml", "--param", "n_experts"): ["--param n_experts", "blueberry train scanline"],
+        ("--sweep-file", quick, "--metric", "val/los"): ["--metric", "'val/los'", "did you mean val/loss?"],
+        ("--metric", "val/bleu"): ["--metric", "'val/bleu'"],
+        ("--sweep-file", "scan.yaml", "--metric", "val/perplexity"): ["'val/perplexity'", "blueberry train scanline"],
+    }
+    for args, pieces in cases.items():
+        _one_error(cli(*base, *args), *pieces)
+        assert not (cli.cwd / "spec.json").exists()
+    ok = cli(*base, "--sweep-file", "scan.yaml", "--param", "dropout", "--param", "recipe",
+             "--metric", "val/recall/nodule")
+    assert ok.returncode == 0, ok.stderr
+    spec = json.loads((cli.cwd / "spec.json").read_text())
+    assert (spec["params"], spec["metric"]) == (["dropout", "recipe"], "val/recall/nodule")
+
+
+# --- item 3: a report folder that cannot be written is one line, before any work --------------------
+
+def _read_only_cli(folder: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`blueberry ARGS` with `folder` mounted read-only in a private mount namespace: a real EROFS
+    even for root, whom chmod does not stop (tests may run as root)."""
+    script = f'mount --bind "{folder}" "{folder}" && mount -o remount,bind,ro "{folder}" && exec "$@"'
+    return subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", script, "sh", sys.executable,
+                           "-m", "blueberry.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_report_refuses_a_report_folder_it_cannot_write(cli):
+    from report_fixtures import make_run, make_sweep
+
+    run = make_run(cli.cwd / "runs", "a")
+    sweep = make_sweep(cli.cwd / "sw", trials=[{"params": {"lr": 1e-3}}, {"params": {"lr": 3e-3}}])
+    for path in (run, sweep):   # the default folder, PATH/report, on a read-only disk
+        res = _read_only_cli(path, "report", str(path), cwd=cli.cwd)
+        _one_error(res, f"--out={path}/report: cannot write there (Read-only file system)")
+        assert not (path / "report").exists()
+    (cli.cwd / "afile").write_text("")
+    _one_error(cli("report", str(run), "--out", "afile/rep"), "--out=afile/rep", "a file is in the way")
+    assert cli("report", str(run)).returncode == 0 and (run / "report" / "report.html").exists()   # writable: works
+
+
+def test_wandb_report_refuses_an_out_it_cannot_write(cli):
+    ro = cli.cwd / "ro"
+    ro.mkdir()
+    args = ("report", "wandb-report", "--offline", "--sweep-file", str(REPO / "sweeps" / "quickstart.yaml"))
+    res = _read_only_cli(ro, *args, "--out", "ro/spec.json", cwd=cli.cwd)
+    _one_error(res, "--out=ro: cannot write there (Read-only file system)")
+    res = _read_only_cli(cli.cwd, *args, cwd=cli.cwd)   # the default, ./wandb-report-PROJECT.json
+    _one_error(res, "cannot write there (Read-only file system)")
+    (cli.cwd / "afile").write_text("")
+    _one_error(cli(*args, "--out", "afile/spec.json"), "--out=afile", "a file is in the way")
+    assert not list(ro.iterdir())

@@ -19,7 +19,7 @@ from blueberry.sweep.params import DEPRECATED
 from blueberry.sweep.trial_options import check_trial_command, plain_launchers, sweep_options
 from blueberry.sweep.wandb_spec import check_wandb_spec, parameter_leaves
 
-__all__ = ["load_sweep", "validate_sweep", "sweep_warnings"]
+__all__ = ["load_sweep", "load_valid_sweep", "validate_sweep", "sweep_warnings"]
 
 
 def load_sweep(path: str | Path) -> dict[str, Any]:
@@ -37,6 +37,17 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: empty sweep file")
     if not isinstance(config, dict):
         raise UserError(f"{path}: must be a mapping of sweep keys (method:, parameters:, command:, ...)")
+    return config
+
+
+def load_valid_sweep(path: str | Path) -> dict[str, Any]:
+    """The sweep YAML, or UserError with its first problem (and how many more) in one line: what every
+    command that runs or reads a sweep file refuses before it starts."""
+    config = load_sweep(path)
+    problems = validate_sweep(config, source=str(path))
+    if problems:
+        raise UserError(problems[0] + (f" (and {len(problems) - 1} more: blueberry sweep validate {path})"
+                                       if len(problems) > 1 else ""))
     return config
 
 
