@@ -312,7 +312,14 @@ def agent(sweep_id, count):
 @click.option("--launch-config", type=click.Path(dir_okay=False, exists=True), default=None, metavar="FILE",
               help="Accelerate config to use instead of the one the command names (accelerate launch --config_file), "
                    "e.g. launch/cpu-2proc.yaml to smoke-test a GPU sweep here.")
-def local(file, workers, count, sweep_dir, overrides, seed, write_report, launch_config):
+@click.option("--max-consecutive-failures", "--max-consecutive-failed-runs", "max_consecutive_failures",
+              type=click.IntRange(min=1), default=None, metavar="N",
+              help="Give up once N trials in a row failed (a bad node), as `wandb agent --max-consecutive-failed-runs`: "
+                   "exit 1, running trials stopped (they resume), trials not started left for the next run. "
+                   "Default: no limit; as the agent, a runner also gives up when nearly all of its first "
+                   "WANDB_AGENT_MAX_INITIAL_FAILURES (5) trials failed, or 3 failed in its first minute "
+                   "(WANDB_AGENT_DISABLE_FLAPPING=true turns that off).")
+def local(file, workers, count, sweep_dir, overrides, seed, write_report, launch_config, max_consecutive_failures):
     """Run a sweep YAML here, no W&B server: trials as subprocesses started from this directory (as
     `wandb agent` starts them), state and run dirs in the sweep dir. Exits 1 when a trial failed."""
     from blueberry.rundir import ensure_writable_dir
@@ -328,11 +335,19 @@ def local(file, workers, count, sweep_dir, overrides, seed, write_report, launch
                           seed=seed, launch_config=launch_config)
     click.echo(f"sweep dir {path}", err=True)
     display = SweepDisplay(state.name, state.metric, state.goal, overrides)
-    code = LocalRunner(state, workers=workers, count=count, show=display).run()
+    runner = LocalRunner(state, workers=workers, count=count, show=display,
+                         max_consecutive_failures=max_consecutive_failures)
+    code = runner.run()
     trials = state.trials()
     display.close(trials)
     failed = [t for t in trials if t.status == "failed"]
-    if failed:
+    if runner.gave_up:
+        blamed = runner.failures.blamed
+        click.echo(f"error: sweep stopped: {runner.gave_up}: "
+                   + ", ".join(f"{path}/trials/{t}/output.log" for t in blamed[:5]) + (" ..." if len(blamed) > 5 else "")
+                   + "; running trials were stopped and resume, trials not started are left: run the same command "
+                     "to go on", err=True)
+    elif failed:
         click.echo(f"error: {len(failed)} of {len(trials)} trials failed: "
                    + ", ".join(f"{t.id} (exit {t.exit_code})" for t in failed[:5]) + (" ..." if len(failed) > 5 else "")
                    + f"; their output: {path}/trials/TRIAL/output.log", err=True)
@@ -347,8 +362,9 @@ def local(file, workers, count, sweep_dir, overrides, seed, write_report, launch
 
 def checked_local_sweep(file: str, overrides: list[str], launch_config: str | None) -> dict:
     """The sweep `sweep local` runs, after everything it refuses before a sweep dir or trial exists: the
-    YAML, the overrides, the launch config, and WANDB_AGENT_KILL_DELAY (refused as the agent refuses it).
+    YAML, the overrides, the launch config, WANDB_AGENT_KILL_DELAY and WANDB_AGENT_MAX_INITIAL_FAILURES.
     `slurm submit sweep` checks a job's arguments with it."""
+    from blueberry.sweep.failures import max_initial_failures
     from blueberry.sweep.local import kill_delay, with_launch_config
     from blueberry.sweep.spec import load_valid_sweep
     from blueberry.sweep.trial_options import check_overrides
@@ -360,6 +376,7 @@ def checked_local_sweep(file: str, overrides: list[str], launch_config: str | No
 
         with_launch_config([str(c) for c in sweep_command(config)], launch_config)
     kill_delay()
+    max_initial_failures()
     return config
 
 
