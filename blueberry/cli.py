@@ -290,11 +290,14 @@ def create(file, project, entity):
 @sweep.command()
 @click.argument("sweep_id")
 @click.option("--count", type=click.IntRange(min=1), default=None, help="Trials this agent runs, then exits.")
-def agent(sweep_id, count):
+@click.option("--max-consecutive-failures", "--max-consecutive-failed-runs", "max_consecutive_failures",
+              type=click.IntRange(min=1), default=None, metavar="N",
+              help="Stop the agent once N runs in a row failed (wandb agent --max-consecutive-failed-runs).")
+def agent(sweep_id, count, max_consecutive_failures):
     """Run `wandb agent SWEEP_ID`, forwarding signals to the agent's and its trial's process group."""
     from blueberry.sweep import cloud
 
-    return cloud.agent(sweep_id, count)
+    return cloud.agent(sweep_id, count, max_consecutive_failures)
 
 
 @sweep.command()

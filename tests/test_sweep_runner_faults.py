@@ -108,6 +108,17 @@ def test_the_rules_and_constants_are_wandb_agents():
         (wandb.env.AGENT_MAX_INITIAL_FAILURES, wandb.env.AGENT_DISABLE_FLAPPING)
 
 
+def test_sweep_agent_passes_the_limit_as_wandb_agent_reads_it():
+    from wandb.cli.cli import agent as wandb_agent_command
+
+    from blueberry.sweep.cloud import agent_argv
+
+    argv = agent_argv("me/proj/abc123", 2, 4)
+    ctx = wandb_agent_command.make_context("agent", argv[2:])   # W&B's own option parsing
+    assert (ctx.params["sweep_id"], ctx.params["count"], ctx.params["max_consecutive_failed_runs"]) == \
+        ("me/proj/abc123", 2, 4)
+
+
 def _feed(guard: FailureGuard, ends: list[tuple[str, float]]) -> list[str | None]:
     return [guard.ended(f"t{i}", status, now) for i, (status, now) in enumerate(ends)]
 
