@@ -594,7 +594,7 @@ def report_paths(paths, out_dir, metric, wandb_project, sweep_id, group, per_run
 @click.option("--group", default=None, metavar="NAME", help="Only this run group (`sweep local` trials: the sweep name).")
 @click.option("--metric", default=None, metavar="NAME",
               help="Summary key of parallel coordinates and importance; for X_best the line plots show X. "
-                   "Default: the --sweep-file's metric, else val/loss_best.")
+                   "Default: the --sweep-file's metric, else its task's best metric (val/loss for lm).")
 @click.option("--param", "params", multiple=True, metavar="FIELD",
               help="Config field for parallel coordinates (repeatable). Default: the swept parameters.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,

@@ -207,3 +207,72 @@ def test_wandb_report_refuses_an_out_it_cannot_write(cli):
     (cli.cwd / "afile").write_text("")
     _one_error(cli(*args, "--out", "afile/spec.json"), "--out=afile", "a file is in the way")
     assert not list(ro.iterdir())
+
+
+# --- item 11: the shipped sweeps name the metric itself; W&B's controller takes each run's best -------
+
+def test_shipped_sweeps_optimise_the_metric_not_its_running_best(cli):
+    from blueberry.sweep.objective import DEFAULT_BEST
+    from blueberry.sweep.trial_options import sweep_options
+
+    for path in SHIPPED:
+        config = yaml.safe_load(Path(path).read_text())
+        task, _ = sweep_options(config)
+        assert config["metric"]["name"] == DEFAULT_BEST[task], path   # val/loss, val/balanced_accuracy
+    res = cli("sweep", "validate", *SHIPPED)
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    bayes = [ln for ln in res.stdout.splitlines() if ln.startswith(str(REPO / "sweeps" / "moe-bayes.yaml"))]
+    assert "optimises each run's lowest val/loss over its history" in bayes[0] and "hyperband" in bayes[0]
+
+
+def test_validate_notes_a_hyperband_sweep_on_a_running_best(cli):
+    for name, metric, early in (("hb", "val/loss_best", True), ("grid", "val/loss_best", False),
+                                ("raw", "val/loss", True)):
+        config = {"method": "random", "project": "blueberry", "metric": {"name": metric, "goal": "minimize"},
+                  "command": ["blueberry", "train", "lm", "${args}"], "parameters": {"lr": {"values": [0.001, 0.01]}},
+                  **({"early_terminate": {"type": "hyperband", "min_iter": 2}} if early else {})}
+        (cli.cwd / f"{name}.yaml").write_text(yaml.safe_dump(config))
+    res = cli("sweep", "validate", "hb.yaml", "grid.yaml", "raw.yaml")
+    assert res.returncode == 0 and res.stdout.count(": ok") == 3, res.stderr
+    (line,) = res.stderr.strip().splitlines()   # only the hyperband sweep on a running best
+    assert line.startswith("hb.yaml: metric.name: ") and "name val/loss" in line and "hyperband" in line
+
+
+def test_report_ranks_a_raw_metric_sweep_by_each_runs_best_as_sweep_local_and_wandb(tmp_path):
+    """A run that reached the lowest val/loss and then regressed is the sweep's best run for W&B's
+    controller (metric_extremum) and `sweep local` alike; the report must rank it first too."""
+    from blueberry import rundir
+    from blueberry.report.build import build_report
+    from blueberry.sweep.display import ranked
+    from blueberry.sweep.objective import run_value
+    from blueberry.sweep.state import Trial
+    from report_fixtures import make_sweep
+
+    sweep = make_sweep(tmp_path / "sw", metric="val/loss", trials=[
+        {"params": {"lr": 1e-3}, "val": {10: 3.0, 20: 2.6, 30: 2.6}},
+        {"params": {"lr": 3e-3}, "val": {10: 3.0, 20: 2.0, 30: 3.5}},   # best 2.0, then a late regression
+    ])
+    trials = []
+    for folder in sorted((sweep / "trials").iterdir()):
+        (run,) = (folder / "runs").iterdir()
+        history = [row["val/loss"] for row in rundir.read_metrics(run) if "val/loss" in row]
+        trials.append(Trial(id=folder.name, params={}, value=run_value(history, "minimize")))
+    assert [t.id for t in ranked(trials, "minimize")] == ["t0001", "t0000"]   # sweep local's ranking
+    result = build_report([sweep], per_run_figures=False, html=False)
+    assert [row["name"] for row in result.analysis.table] == ["t0001", "t0000"]
+    assert result.analysis.metric.rank_by == "best"
+    assert [row["final"] for row in result.analysis.table] == [3.5, 2.6]   # the regression stays in view
+
+
+def test_wandb_report_defaults_to_the_tasks_metric(cli):
+    _yaml(cli.cwd, "scan.yaml", """
+        method: grid
+        project: blueberry
+        command: [blueberry, train, scanline, "${args}"]
+        parameters:
+          dropout: {values: [0.1, 0.2]}
+    """)
+    for args, metric in ((("--sweep-file", "scan.yaml"), "val/balanced_accuracy"), ((), "val/loss")):
+        res = cli("report", "wandb-report", "--offline", "--out", "spec.json", *args)
+        assert res.returncode == 0, res.stderr
+        assert json.loads((cli.cwd / "spec.json").read_text())["metric"] == metric

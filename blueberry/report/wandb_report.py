@@ -50,7 +50,8 @@ def build_wandb_report(project: str | None, entity: str | None = None, sweep: st
     group of `blueberry sweep local` trials is the sweep name).
 
     metric: a summary key; `X_best` (the trainer's best-so-far) puts X's curves on the line plots.
-    None: the sweep_file's metric, else val/loss_best.
+    None: the sweep_file's metric, else its task's best metric (val/loss without a sweep file): the
+    raw metric, whose summary is the final value, so the panels show late regressions.
     params: config keys for parallel coordinates; None = the parameters `sweep_file` varies, else the
     W&B sweep's (online), else the config keys that differ between the project's runs (online), else
     DEFAULT_PARAMS.
@@ -68,7 +69,7 @@ def build_wandb_report(project: str | None, entity: str | None = None, sweep: st
 
         project = local_sweep.get("project") or RunConfig.wandb_project
     if metric is None:
-        metric = (local_sweep.get("metric") or {}).get("name") or "val/loss_best"
+        metric = (local_sweep.get("metric") or {}).get("name") or default_metric(local_sweep)
     if not project or "/" in project:
         raise UserError(f"project={project!r}: give the W&B project name (and the entity separately)")
     check_params_and_metric(local_sweep, params or [], metric)
@@ -119,6 +120,15 @@ def build_wandb_report(project: str | None, entity: str | None = None, sweep: st
         rundir.write_atomic(path, json.dumps(spec, indent=2, default=str) + "\n")
         result.spec_path = path
     return result
+
+
+def default_metric(sweep: dict[str, Any]) -> str:
+    """The best metric of the sweep's `blueberry train TASK` (val/loss without one)."""
+    from blueberry.sweep.objective import DEFAULT_BEST
+    from blueberry.sweep.trial_options import sweep_options
+
+    found = sweep_options(sweep) if sweep else None
+    return DEFAULT_BEST[found[0] if found else "lm"]
 
 
 def check_params_and_metric(sweep: dict[str, Any], params: list[str], metric: str) -> None:
