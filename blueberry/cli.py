@@ -367,8 +367,8 @@ def checked_local_sweep(file: str, overrides: list[str], launch_config: str | No
     """The sweep `sweep local` runs, after everything it refuses before a sweep dir or trial exists: the
     YAML, the overrides, the launch config, WANDB_AGENT_KILL_DELAY and WANDB_AGENT_MAX_INITIAL_FAILURES.
     `slurm submit sweep` checks a job's arguments with it."""
-    from blueberry.sweep.failures import max_initial_failures
-    from blueberry.sweep.local import kill_delay, with_launch_config
+    from blueberry.sweep.agent_env import check_agent_env
+    from blueberry.sweep.local import with_launch_config
     from blueberry.sweep.spec import load_valid_sweep
     from blueberry.sweep.trial_options import check_overrides
 
@@ -378,8 +378,7 @@ def checked_local_sweep(file: str, overrides: list[str], launch_config: str | No
         from blueberry.sweep.command import sweep_command
 
         with_launch_config([str(c) for c in sweep_command(config)], launch_config)
-    kill_delay()
-    max_initial_failures()
+    check_agent_env()
     return config
 
 

@@ -67,6 +67,14 @@ def test_shipped_sweeps_use_the_launcher_the_agent_can_stop(cli, wandb_agent_arg
 
 # --- item 6: the learning_rate -> lr hint, and `slurm submit sweep` / `report wandb-report` checked ---
 
+BAD_SWEEP = """
+    method: grid
+    command: [blueberry, train, lm, "${args}"]
+    parameters:
+      lrr: {values: [0.1]}
+"""
+
+
 def _one_error(res, *pieces: str) -> str:
     """The single `error:` line of a refused command (exit 2), holding every piece."""
     lines = res.stderr.strip().splitlines()
@@ -99,12 +107,7 @@ def test_learning_rate_is_called_lr_in_validate_and_override(cli):
 
 def test_slurm_submit_sweep_checks_what_sweep_local_checks(cli):
     quick = str(REPO / "sweeps" / "quickstart.yaml")
-    _yaml(cli.cwd, "bad.yaml", """
-        method: grid
-        command: [blueberry, train, lm, "${args}"]
-        parameters:
-          lrr: {values: [0.1]}
-    """)
+    _yaml(cli.cwd, "bad.yaml", BAD_SWEEP)
     refused = {   # the job's arguments -> pieces of the one error line
         ("missing.yaml",): ["missing.yaml: sweep file not found"],
         ("bad.yaml",): ["bad.yaml: parameters.lrr: not an option of 'blueberry train lm' (did you mean lr?)"],
@@ -137,12 +140,7 @@ def test_slurm_submit_sweep_checks_what_sweep_local_checks(cli):
 
 def test_wandb_report_refuses_a_bad_sweep_file_param_or_metric(cli):
     quick = str(REPO / "sweeps" / "quickstart.yaml")
-    _yaml(cli.cwd, "bad.yaml", """
-        method: grid
-        command: [blueberry, train, lm, "${args}"]
-        parameters:
-          lrr: {values: [0.1]}
-    """)
+    _yaml(cli.cwd, "bad.yaml", BAD_SWEEP)
     _yaml(cli.cwd, "scan.yaml", """
         method: grid
         project: blueberry

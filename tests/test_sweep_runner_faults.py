@@ -100,12 +100,12 @@ def test_the_rules_and_constants_are_wandb_agents():
     import wandb.env
     from wandb.wandb_agent import Agent
 
-    from blueberry.sweep import failures
+    from blueberry.sweep import agent_env as ours
 
-    assert (failures.MAX_INITIAL_FAILURES, failures.FLAPPING_MAX_FAILURES, failures.FLAPPING_MAX_SECONDS) == \
-        (Agent.MAX_INITIAL_FAILURES, Agent.FLAPPING_MAX_FAILURES, Agent.FLAPPING_MAX_SECONDS)
-    assert (failures.MAX_INITIAL_ENV, failures.FLAPPING_ENV) == \
-        (wandb.env.AGENT_MAX_INITIAL_FAILURES, wandb.env.AGENT_DISABLE_FLAPPING)
+    assert (ours.MAX_INITIAL_FAILURES, ours.FLAPPING_MAX_FAILURES, ours.FLAPPING_MAX_SECONDS, ours.KILL_DELAY_S) == \
+        (Agent.MAX_INITIAL_FAILURES, Agent.FLAPPING_MAX_FAILURES, Agent.FLAPPING_MAX_SECONDS, Agent.KILL_DELAY)
+    assert (ours.MAX_INITIAL_ENV, ours.FLAPPING_ENV, ours.KILL_DELAY_ENV) == \
+        (wandb.env.AGENT_MAX_INITIAL_FAILURES, wandb.env.AGENT_DISABLE_FLAPPING, wandb.env.AGENT_KILL_DELAY)
 
 
 def test_sweep_agent_passes_the_limit_as_wandb_agent_reads_it():

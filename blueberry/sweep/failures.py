@@ -16,25 +16,10 @@ preempted (exit 75) says nothing about the node and changes no count.
 
 from __future__ import annotations
 
-import os
+from blueberry.sweep.agent_env import (FLAPPING_ENV, FLAPPING_MAX_FAILURES, FLAPPING_MAX_SECONDS, MAX_INITIAL_ENV,
+                                       flapping_checked, max_initial_failures)
 
-from blueberry.errors import UserError
-
-# wandb agent's environment variables and constants (wandb/env.py, Agent)
-MAX_INITIAL_ENV, MAX_INITIAL_FAILURES = "WANDB_AGENT_MAX_INITIAL_FAILURES", 5
-FLAPPING_ENV, FLAPPING_MAX_SECONDS, FLAPPING_MAX_FAILURES = "WANDB_AGENT_DISABLE_FLAPPING", 60.0, 3
 NEUTRAL = ("interrupted", "running")   # ends that say nothing about the node
-
-
-def max_initial_failures() -> int:
-    """WANDB_AGENT_MAX_INITIAL_FAILURES as a whole number. The agent silently falls back to 5 on any
-    other text; here that is refused, so a limit the user set is never quietly ignored."""
-    text = os.environ.get(MAX_INITIAL_ENV, str(MAX_INITIAL_FAILURES))
-    try:
-        return int(text)
-    except ValueError:
-        raise UserError(f"{MAX_INITIAL_ENV}={text!r}: must be a whole number of failed trials; "
-                        f"default {MAX_INITIAL_FAILURES}") from None
 
 
 class FailureGuard:
@@ -44,7 +29,7 @@ class FailureGuard:
                  flapping: bool | None = None):
         self.max_consecutive = max_consecutive
         self.max_initial = max_initial_failures() if max_initial is None else max_initial
-        self.flapping = os.environ.get(FLAPPING_ENV) != "true" if flapping is None else flapping
+        self.flapping = flapping_checked() if flapping is None else flapping
         self.started = started
         self.ended_trials = 0
         self.failed: list[str] = []   # this runner's failed trials, in the order they ended

@@ -26,6 +26,7 @@ from typing import Any
 
 from blueberry import rundir
 from blueberry.errors import EXIT_DIVERGED, EXIT_PREEMPTED, STOP_FILE_ENV, UserError
+from blueberry.sweep.agent_env import kill_delay
 from blueberry.sweep.command import apply_overrides, args_json, build_command
 from blueberry.sweep.failures import FailureGuard
 from blueberry.sweep.hyperband import runs_to_stop
@@ -35,17 +36,6 @@ from blueberry.sweep.state import SweepDir, Trial
 
 POLL_S = 2.0
 TRIAL_DIR_ENV = "BLUEBERRY_TRIAL_DIR"   # a trial's folder in the sweep dir, for programs other than blueberry
-KILL_DELAY_ENV, KILL_DELAY_S = "WANDB_AGENT_KILL_DELAY", 30   # wandb agent's variable and default
-
-
-def kill_delay() -> int:
-    """Seconds from a trial's SIGTERM to its SIGKILL, read as `wandb agent` reads it (an integer)."""
-    text = os.environ.get(KILL_DELAY_ENV, str(KILL_DELAY_S))
-    try:
-        return int(text)
-    except ValueError:
-        raise UserError(f"{KILL_DELAY_ENV}={text!r}: must be a whole number of seconds "
-                        f"(wandb agent refuses it too); default {KILL_DELAY_S}") from None
 
 
 @dataclass
