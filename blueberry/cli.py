@@ -440,7 +440,7 @@ def submit(kind, nodes, gpus, procs, time_limit, partition, account, array, job_
             raise UserError(f"--sbatch {item!r}: write KEY=VALUE, e.g. mem=64G")
         sbatch[key.lstrip("-")] = value
     env = {k: v for k, v in {"GPUS": gpus, "CPU_PROCS": procs, "TASK": task, "MODE": mode}.items() if v is not None}
-    if kind == "sweep" and mode != "wandb" and not args:
+    if kind == "sweep" and mode != "wandb" and not args and not os.environ.get("SWEEP_FILE"):
         raise UserError("slurm submit sweep: give the sweep YAML after --, e.g. -- sweeps/moe-lr-search.yaml")
     if kind in ("train", "multinode"):
         check_train_args(task or "lm", list(args), f"slurm submit {kind}")
@@ -480,6 +480,10 @@ def check_sweep_args(mode: str, args: list[str]) -> None:
     """Parse the job's `sweep local FILE OPTIONS` (or `sweep agent ID OPTIONS`) as the job will and
     check what those commands check before they start: a bad YAML, override or option fails at submit."""
     command = sweep.commands["agent" if mode == "wandb" else "local"]
+    # as slurm/sweep-agents.sbatch: SWEEP_FILE / SWEEP_ID (exported to the job) stand for the first argument
+    first = os.environ.get("SWEEP_ID" if mode == "wandb" else "SWEEP_FILE")
+    if first and (not args or args[0] != first):
+        args = [first, *args]
     try:
         ctx = command.make_context(f"sweep {command.name}", list(args))
     except click.UsageError as e:

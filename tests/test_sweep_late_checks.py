@@ -128,6 +128,13 @@ def test_slurm_submit_sweep_checks_what_sweep_local_checks(cli):
     assert res.returncode == 2
     res = cli("slurm", "submit", "sweep", "--mode", "wandb", "--dry-run", "--", "me/proj/abc", "--cuont", "2")
     _one_error(res, "--cuont")
+    _one_error(cli("slurm", "submit", "sweep", "--mode", "wandb", "--dry-run"), "SWEEP_ID")
+    # the script's SWEEP_FILE / SWEEP_ID variables stand for the first argument, as in the job
+    res = cli("slurm", "submit", "sweep", "--dry-run", "--", "--override", "lrr=1", env={"SWEEP_FILE": quick})
+    _one_error(res, "--override lrr=1")
+    res = cli("slurm", "submit", "sweep", "--mode", "wandb", "--dry-run", "--", "--count", "2",
+              env={"SWEEP_ID": "me/proj/abc"})
+    assert res.returncode == 0 and "set -- --count 2" in res.stdout, res.stderr
 
     res = cli("slurm", "submit", "sweep", "--array", "0-3", "--dry-run", "--", quick, "--override", "max_steps=5",
               "--workers", "2")
