@@ -215,17 +215,6 @@ def sweep():
     """Run W&B sweep YAMLs: on W&B (create/agent) or without a server (local)."""
 
 
-def _load_valid_sweep(path: str) -> dict:
-    from blueberry.sweep.spec import load_sweep, validate_sweep
-
-    config = load_sweep(path)
-    problems = validate_sweep(config, source=path)
-    if problems:
-        raise UserError(problems[0] + (f" (and {len(problems) - 1} more: blueberry sweep validate {path})"
-                                       if len(problems) > 1 else ""))
-    return config
-
-
 @sweep.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def validate(files):
@@ -253,8 +242,9 @@ def validate(files):
 def create(file, project, entity):
     """Register a sweep with W&B (needs the server); prints its id and the agent command."""
     from blueberry.sweep import cloud
+    from blueberry.sweep.spec import load_valid_sweep
 
-    full_id = cloud.create(_load_valid_sweep(file), file, project=project, entity=entity)
+    full_id = cloud.create(load_valid_sweep(file), file, project=project, entity=entity)
     click.echo(f"sweep {full_id}")
     click.echo(f"run agents with:  blueberry sweep agent {full_id}   (or: wandb agent {full_id})")
 
@@ -262,11 +252,14 @@ def create(file, project, entity):
 @sweep.command()
 @click.argument("sweep_id")
 @click.option("--count", type=click.IntRange(min=1), default=None, help="Trials this agent runs, then exits.")
-def agent(sweep_id, count):
+@click.option("--max-consecutive-failures", "--max-consecutive-failed-runs", "max_consecutive_failures",
+              type=click.IntRange(min=1), default=None, metavar="N",
+              help="Stop the agent once N runs in a row failed (wandb agent --max-consecutive-failed-runs).")
+def agent(sweep_id, count, max_consecutive_failures):
     """Run `wandb agent SWEEP_ID`, forwarding signals to the agent's and its trial's process group."""
     from blueberry.sweep import cloud
 
-    return cloud.agent(sweep_id, count)
+    return cloud.agent(sweep_id, count, max_consecutive_failures)
 
 
 @sweep.command()
@@ -284,35 +277,42 @@ def agent(sweep_id, count):
 @click.option("--launch-config", type=click.Path(dir_okay=False, exists=True), default=None, metavar="FILE",
               help="Accelerate config to use instead of the one the command names (accelerate launch --config_file), "
                    "e.g. launch/cpu-2proc.yaml to smoke-test a GPU sweep here.")
-def local(file, workers, count, sweep_dir, overrides, seed, write_report, launch_config):
+@click.option("--max-consecutive-failures", "--max-consecutive-failed-runs", "max_consecutive_failures",
+              type=click.IntRange(min=1), default=None, metavar="N",
+              help="Give up once N trials in a row failed (a bad node), as `wandb agent --max-consecutive-failed-runs`: "
+                   "exit 1, running trials stopped (they resume), trials not started left for the next run. "
+                   "Default: no limit; as the agent, a runner also gives up when nearly all of its first "
+                   "WANDB_AGENT_MAX_INITIAL_FAILURES (5) trials failed, or 3 failed in its first minute "
+                   "(WANDB_AGENT_DISABLE_FLAPPING=true turns that off).")
+def local(file, workers, count, sweep_dir, overrides, seed, write_report, launch_config, max_consecutive_failures):
     """Run a sweep YAML here, no W&B server: trials as subprocesses started from this directory (as
     `wandb agent` starts them), state and run dirs in the sweep dir. Exits 1 when a trial failed."""
-    from blueberry.sweep.display import SweepDisplay
-    from blueberry.sweep.local import LocalRunner, default_sweep_dir, kill_delay, sweep_name, with_launch_config
-    from blueberry.sweep.state import SweepDir
-    from blueberry.sweep.trial_options import check_overrides
-
-    config = _load_valid_sweep(file)
-    overrides = list(overrides)
-    check_overrides(config, overrides)   # before the sweep dir or any trial exists
-    if launch_config:
-        from blueberry.sweep.command import sweep_command
-
-        with_launch_config([str(c) for c in sweep_command(config)], launch_config)
-    path = Path(sweep_dir) if sweep_dir else default_sweep_dir(config, Path(file), overrides)
     from blueberry.rundir import ensure_writable_dir
+    from blueberry.sweep.display import SweepDisplay
+    from blueberry.sweep.local import LocalRunner, default_sweep_dir, sweep_name
+    from blueberry.sweep.state import SweepDir
 
+    overrides = list(overrides)
+    config = checked_local_sweep(file, overrides, launch_config)
+    path = Path(sweep_dir) if sweep_dir else default_sweep_dir(config, Path(file), overrides)
     ensure_writable_dir(path if path.exists() else path.parent, "--dir")   # before any trial starts
-    kill_delay()   # a bad WANDB_AGENT_KILL_DELAY is refused before the sweep dir exists, as the agent refuses it
     state = SweepDir.open(path, config, name=sweep_name(config, Path(file)), overrides=overrides,
                           seed=seed, launch_config=launch_config)
     click.echo(f"sweep dir {path}", err=True)
     display = SweepDisplay(state.name, state.metric, state.goal, overrides)
-    code = LocalRunner(state, workers=workers, count=count, show=display).run()
+    runner = LocalRunner(state, workers=workers, count=count, show=display,
+                         max_consecutive_failures=max_consecutive_failures)
+    code = runner.run()
     trials = state.trials()
     display.close(trials)
     failed = [t for t in trials if t.status == "failed"]
-    if failed:
+    if runner.gave_up:
+        blamed = runner.failures.blamed
+        click.echo(f"error: sweep stopped: {runner.gave_up}: "
+                   + ", ".join(f"{path}/trials/{t}/output.log" for t in blamed[:5]) + (" ..." if len(blamed) > 5 else "")
+                   + "; running trials were stopped and resume, trials not started are left: run the same command "
+                     "to go on", err=True)
+    elif failed:
         click.echo(f"error: {len(failed)} of {len(trials)} trials failed: "
                    + ", ".join(f"{t.id} (exit {t.exit_code})" for t in failed[:5]) + (" ..." if len(failed) > 5 else "")
                    + f"; their output: {path}/trials/TRIAL/output.log", err=True)
@@ -323,6 +323,25 @@ def local(file, workers, count, sweep_dir, overrides, seed, write_report, launch
     if write_report and code in (0, 1):   # an interrupted sweep is resumed, and reported, later
         report_sweep(state)
     return code
+
+
+def checked_local_sweep(file: str, overrides: list[str], launch_config: str | None) -> dict:
+    """The sweep `sweep local` runs, after everything it refuses before a sweep dir or trial exists: the
+    YAML, the overrides, the launch config, WANDB_AGENT_KILL_DELAY and WANDB_AGENT_MAX_INITIAL_FAILURES.
+    `slurm submit sweep` checks a job's arguments with it."""
+    from blueberry.sweep.agent_env import check_agent_env
+    from blueberry.sweep.local import with_launch_config
+    from blueberry.sweep.spec import load_valid_sweep
+    from blueberry.sweep.trial_options import check_overrides
+
+    config = load_valid_sweep(file)
+    check_overrides(config, overrides)
+    if launch_config:
+        from blueberry.sweep.command import sweep_command
+
+        with_launch_config([str(c) for c in sweep_command(config)], launch_config)
+    check_agent_env()
+    return config
 
 
 def report_sweep(state) -> None:
@@ -383,10 +402,12 @@ def submit(kind, nodes, gpus, procs, time_limit, partition, account, array, job_
             raise UserError(f"--sbatch {item!r}: write KEY=VALUE, e.g. mem=64G")
         sbatch[key.lstrip("-")] = value
     env = {k: v for k, v in {"GPUS": gpus, "CPU_PROCS": procs, "TASK": task, "MODE": mode}.items() if v is not None}
-    if kind == "sweep" and mode != "wandb" and not args:
+    if kind == "sweep" and mode != "wandb" and not args and not os.environ.get("SWEEP_FILE"):
         raise UserError("slurm submit sweep: give the sweep YAML after --, e.g. -- sweeps/moe-lr-search.yaml")
     if kind in ("train", "multinode"):
         check_train_args(task or "lm", list(args), f"slurm submit {kind}")
+    if kind == "sweep":
+        check_sweep_args(mode or "local", list(args))
     script = slurm_jobs.render(kind, sbatch, env, list(args))
     if dry_run:
         click.echo(script, nl=False)
@@ -415,6 +436,23 @@ def check_train_args(task: str, args: list[str], where: str) -> None:
                 cli_values=cli_values, source=params.get("config_file") or "config")
     except UserError as e:
         raise UserError(f"{where}: the job's options: {e}") from None
+
+
+def check_sweep_args(mode: str, args: list[str]) -> None:
+    """Parse the job's `sweep local FILE OPTIONS` (or `sweep agent ID OPTIONS`) as the job will and
+    check what those commands check before they start: a bad YAML, override or option fails at submit."""
+    command = sweep.commands["agent" if mode == "wandb" else "local"]
+    # as slurm/sweep-agents.sbatch: SWEEP_FILE / SWEEP_ID (exported to the job) stand for the first argument
+    first = os.environ.get("SWEEP_ID" if mode == "wandb" else "SWEEP_FILE")
+    if first and (not args or args[0] != first):
+        args = [first, *args]
+    try:
+        ctx = command.make_context(f"sweep {command.name}", list(args))
+    except click.UsageError as e:
+        raise UserError(f"slurm submit sweep: the job's `sweep {command.name}` arguments: "
+                        f"{' '.join(e.format_message().split())}") from None
+    if mode != "wandb":
+        checked_local_sweep(ctx.params["file"], list(ctx.params["overrides"]), ctx.params["launch_config"])
 
 
 @slurm.command()
@@ -491,12 +529,13 @@ def report_paths(paths, out_dir, metric, wandb_project, sweep_id, group, per_run
     from blueberry.report.build import build_report, print_report, report_loaded
     from blueberry.rundir import ensure_writable_dir
 
-    if out_dir:   # before reading any run: a report that cannot be written is not worth building
-        ensure_writable_dir(out_dir, "--out")
     if wandb_project:
         if paths:
             raise UserError("report: give PATHs or --wandb ENTITY/PROJECT, not both")
         from blueberry.report.load import load_wandb
+
+        # before asking W&B for runs (build_report checks its folder before reading the PATHs)
+        ensure_writable_dir(out_dir or "report", "--out")
 
         loaded = load_wandb(wandb_project, sweep_id, group=group)
         source = wandb_project + (f" sweep {sweep_id}" if sweep_id else "") + (f" group {group}" if group else "")
@@ -520,7 +559,7 @@ def report_paths(paths, out_dir, metric, wandb_project, sweep_id, group, per_run
 @click.option("--group", default=None, metavar="NAME", help="Only this run group (`sweep local` trials: the sweep name).")
 @click.option("--metric", default=None, metavar="NAME",
               help="Summary key of parallel coordinates and importance; for X_best the line plots show X. "
-                   "Default: the --sweep-file's metric, else val/loss_best.")
+                   "Default: the --sweep-file's metric, else its task's best metric (val/loss for lm).")
 @click.option("--param", "params", multiple=True, metavar="FIELD",
               help="Config field for parallel coordinates (repeatable). Default: the swept parameters.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,

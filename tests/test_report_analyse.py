@@ -174,8 +174,8 @@ def test_metric_resolution(tmp_path):
     assert (spec.name, spec.curve, spec.mode, spec.rank_by) == ("val/loss_best", "val/loss", "min", "best")
     acc = resolve_metric(loaded.runs, "val/accuracy", loaded.sweep_metric, loaded.sweep_goal)
     assert acc.mode == "max" and acc.source == "--metric"
-    final = resolve_metric(loaded.runs, None, "val/loss", "minimize")
-    assert final.rank_by == "final"            # a sweep on val/loss optimised its last value
+    raw = resolve_metric(loaded.runs, None, "val/loss", "minimize")
+    assert raw.rank_by == "best"   # a sweep on val/loss: W&B's controller judges each run by its best val/loss
     with pytest.raises(UserError, match=r"metric='val/bleu': no run logged it; logged metrics: .*val/loss"):
         resolve_metric(loaded.runs, "val/bleu")
 

@@ -236,7 +236,7 @@ def test_wandb_report_offline_writes_a_spec_with_its_four_kinds_of_panel(tmp_pat
     assert res.returncode == 0, res.stderr
     assert "W&B report not saved" in res.stdout and "spec.json" in res.stdout
     spec = json.loads((tmp_path / "spec.json").read_text())
-    assert (spec["project"], spec["sweep"], spec["metric"], spec["params"]) == ("proj", "abc123", "val/loss_best",
+    assert (spec["project"], spec["sweep"], spec["metric"], spec["params"]) == ("proj", "abc123", "val/loss",
                                                                                 ["lr", "optimizer"])
     panels: dict[str, list[dict]] = {}
     for d in walk(spec["report"]):
@@ -247,8 +247,8 @@ def test_wandb_report_offline_writes_a_spec_with_its_four_kinds_of_panel(tmp_pat
         {(("val/loss",), "_step"), (("val/loss",), "_absolute_runtime")}
     (parallel,) = panels["Parallel Coordinates Plot"]
     assert [c["accessor"] for c in parallel["columns"]] == ["config:lr.value", "config:optimizer.value",
-                                                            "summary:val/loss_best"]
-    assert [c["targetKey"] for c in panels["Parameter Importance"]] == ["val/loss_best"]
+                                                            "summary:val/loss"]
+    assert [c["targetKey"] for c in panels["Parameter Importance"]] == ["val/loss"]
     assert len(panels["Run Comparer"]) == 1
     assert any(d.get("value") == "abc123" for d in walk(spec["report"]))     # the run sets keep the sweep's runs
     res = run_cli("report", "wandb-report", "--project", "me/proj", cwd=tmp_path)

@@ -109,7 +109,7 @@ def test_metric_flag_wins_and_ranks_by_best():
 def test_sweep_metric_is_used_next_with_its_goal():
     runs = [mkrun(rows=ROWS)]
     s = resolve_metric(runs, None, "val/score", "minimize")
-    assert (s.name, s.source, s.mode, s.rank_by) == ("val/score", "sweep.yaml metric.name", "min", "final")
+    assert (s.name, s.source, s.mode, s.rank_by) == ("val/score", "sweep.yaml metric.name", "min", "best")
     assert resolve_metric(runs, None, "val/loss", "maximize").mode == "max"
     # --metric naming the sweep's own metric keeps the sweep's goal
     assert resolve_metric(runs, "val/score", "val/score", "minimize").mode == "min"
@@ -484,7 +484,7 @@ def test_analyse_passes_metric_sweep_metric_and_goal_through():
     runs = study()
     assert analyse(runs, metric="val/accuracy").metric.name == "val/accuracy"
     a = analyse(runs, sweep_metric="val/accuracy", sweep_goal="minimize")
-    assert (a.metric.name, a.metric.mode, a.metric.rank_by) == ("val/accuracy", "min", "final")
+    assert (a.metric.name, a.metric.mode, a.metric.rank_by) == ("val/accuracy", "min", "best")
     assert a.fields == ["lr", "seed"]                        # in config order
     assert a.columns[:4] == ["name", "lr", "seed", "best"]
 

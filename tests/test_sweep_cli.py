@@ -67,10 +67,11 @@ def test_sweep_agent_forwards_signals_to_the_agent_process_group(tmp_path):
     env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "WANDB_API_KEY": "x" * 40,
            "WANDB_BASE_URL": f"http://127.0.0.1:{server.server_port}"}
     env.pop("WANDB_MODE")
-    proc = subprocess.Popen([sys.executable, "-m", "blueberry.cli", "sweep", "agent", "me/proj/abc123", "--count", "2"],
+    proc = subprocess.Popen([sys.executable, "-m", "blueberry.cli", "sweep", "agent", "me/proj/abc123", "--count", "2",
+                             "--max-consecutive-failures", "3"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "agent up"
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)
     server.shutdown()
-    assert marker.read_text() == "agent --count 2 me/proj/abc123"
+    assert marker.read_text() == "agent --count 2 --max-consecutive-failed-runs 3 me/proj/abc123"

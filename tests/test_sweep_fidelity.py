@@ -64,7 +64,8 @@ def test_trials_start_in_the_invoking_directory_and_a_failure_fails_the_sweep(tm
     assert [t["value"] for t in trials] == [0.4, 0.4, 0.4]
     # status lines show the value the trial trains (the override), not the swept one
     assert "sleep=0 " in res.stderr and "sleep=5" not in res.stderr
-    assert "\n[fake] t0001 failed val/loss=0.4  fail=true sleep=0 values=1,0.4,0.7\n" in res.stderr   # whole, named lines
+    # whole, named lines; the value is the best logged (0.4), not the last (0.7), and says so
+    assert "\n[fake] t0001 failed best val/loss=0.4  fail=true sleep=0 values=1,0.4,0.7\n" in res.stderr
 
 
 def test_trial_past_the_kill_delay_is_killed_and_a_bad_delay_refused(tmp_path):
@@ -229,8 +230,9 @@ def test_sweep_project_value_and_report_agree_with_wandb(tmp_path):
     # 6: W&B's controller takes SweepRun.metric_extremum over history and summary; sweep local agrees
     metric = sweep["metric"]["name"]
     values = [row[metric] for row in history if metric in row] + [summary["summary"][metric]]
-    assert len(values) >= 3 and trial["history"] == values[:-1]
-    assert trial["value"] == min(values) == summary["summary"][metric]
+    assert metric == "val/loss" and len(values) >= 3 and trial["history"] == values[:-1]
+    assert trial["value"] == min(values)
+    assert summary["summary"][metric] == values[-2]   # the summary (parallel coordinates) shows the last value
     _assert_table_matches("lm", _logged_keys(run_dir))
 
     # 12: the offline W&B report uses the sweep's parameters and project
@@ -249,7 +251,7 @@ def test_gpu_sweep_runs_here_with_a_cpu_launch_config(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     (trial,) = _trials(tmp_path / "sw")
     assert trial["status"] == "finished" and trial["value"] is not None
-    assert trial["argv"][:4] == ["accelerate", "launch", "--config_file", "launch/cpu-2proc.yaml"]
+    assert trial["argv"][2:6] == ["-m", "blueberry.launch", "--config_file", "launch/cpu-2proc.yaml"]
     (run_dir,) = (tmp_path / "sw" / "trials" / "t0000" / "runs").iterdir()   # not in the repo's runs/
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
 

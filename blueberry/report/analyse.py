@@ -60,7 +60,7 @@ class MetricSpec:
     name: str        # as asked: the sweep's metric, --metric, or the runs' best metric (may be *_best)
     curve: str       # the per-evaluation metric behind it (val/loss for val/loss_best): the curves
     mode: str        # "min" | "max"
-    rank_by: str     # "best" (best value over the run) | "final" (last value: a sweep metric that is not *_best)
+    rank_by: str     # "best" (best value over the run, as W&B's sweep controller judges it) | "final" (last value)
     source: str      # where the name came from
 
     def better(self, a: float, b: float) -> bool:
@@ -103,9 +103,9 @@ def resolve_metric(runs: list[Run], metric: str | None = None, sweep_metric: str
                         if (r.summary.get("best") or {}).get("metric") == curve)
         modes.pop(None, None)
         mode = modes.most_common(1)[0][0] if modes else auto_mode(name)
-    # A sweep whose metric is not a *_best key optimised the last logged value (W&B's summary value).
-    rank_by = "final" if source == "sweep.yaml metric.name" and not name.endswith("_best") else "best"
-    return MetricSpec(name=name, curve=curve, mode=mode, rank_by=rank_by, source=source)
+    # A run's best value, whatever the name: W&B's controller judges a sweep's runs by the best of their
+    # history (SweepRun.metric_extremum) and `sweep local` ranks its trials so; the table shows the final.
+    return MetricSpec(name=name, curve=curve, mode=mode, rank_by="best", source=source)
 
 
 # --- per-run numbers -----------------------------------------------------------------------------

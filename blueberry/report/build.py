@@ -56,8 +56,9 @@ def report_loaded(loaded: Loaded, out_dir: str | Path, metric: str | None = None
                   per_run_figures: bool = True, html: bool = True) -> ReportResult:
     """The same for runs already loaded (e.g. `load.load_wandb(...)`)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     analysis = analyse(loaded.runs, metric, loaded.sweep_metric, loaded.sweep_goal)
+    # After the input is known good (no empty folder for a refused report), before any file or figure
+    rundir.ensure_writable_dir(out, "--out")
     result = ReportResult(out_dir=out, runs=loaded.runs, analysis=analysis, skipped=list(loaded.skipped),
                           sources=list(sources))
     files = result.files

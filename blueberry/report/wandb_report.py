@@ -50,7 +50,8 @@ def build_wandb_report(project: str | None, entity: str | None = None, sweep: st
     group of `blueberry sweep local` trials is the sweep name).
 
     metric: a summary key; `X_best` (the trainer's best-so-far) puts X's curves on the line plots.
-    None: the sweep_file's metric, else val/loss_best.
+    None: the sweep_file's metric, else its task's best metric (val/loss without a sweep file): the
+    raw metric, whose summary is the final value, so the panels show late regressions.
     params: config keys for parallel coordinates; None = the parameters `sweep_file` varies, else the
     W&B sweep's (online), else the config keys that differ between the project's runs (online), else
     DEFAULT_PARAMS.
@@ -68,9 +69,13 @@ def build_wandb_report(project: str | None, entity: str | None = None, sweep: st
 
         project = local_sweep.get("project") or RunConfig.wandb_project
     if metric is None:
-        metric = (local_sweep.get("metric") or {}).get("name") or "val/loss_best"
+        metric = (local_sweep.get("metric") or {}).get("name") or default_metric(local_sweep)
     if not project or "/" in project:
         raise UserError(f"project={project!r}: give the W&B project name (and the entity separately)")
+    check_params_and_metric(local_sweep, params or [], metric)
+    default = f"wandb-report-{project}" + (f"-{sweep}" if sweep else f"-{group}" if group else "") + ".json"
+    path = Path(out) if out else Path(default)
+    rundir.ensure_writable_dir(path.parent, "--out")   # before contacting W&B or building the report
     reason = None
     if offline:
         reason = "offline requested"
@@ -109,15 +114,49 @@ def build_wandb_report(project: str | None, entity: str | None = None, sweep: st
         except Exception as e:  # a server-side refusal; the spec is still worth keeping
             result.offline_reason = f"saving failed: {first_line(e)}"
     if result.url is None:
-        default = f"wandb-report-{project}" + (f"-{sweep}" if sweep else f"-{group}" if group else "") + ".json"
-        path = Path(out) if out else Path(default)
-        path.parent.mkdir(parents=True, exist_ok=True)
         spec = {"format": SPEC_FORMAT, "entity": entity, "project": project, "sweep": sweep, "group": group,
                 "metric": metric, "curve": curve, "params": list(params), "offline_reason": result.offline_reason,
                 "notes": notes, "report": report_spec(report, project, entity)}
         rundir.write_atomic(path, json.dumps(spec, indent=2, default=str) + "\n")
         result.spec_path = path
     return result
+
+
+def default_metric(sweep: dict[str, Any]) -> str:
+    """The best metric of the sweep's `blueberry train TASK` (val/loss without one)."""
+    from blueberry.sweep.objective import DEFAULT_BEST
+    from blueberry.sweep.trial_options import sweep_options
+
+    found = sweep_options(sweep) if sweep else None
+    return DEFAULT_BEST[found[0] if found else "lm"]
+
+
+def check_params_and_metric(sweep: dict[str, Any], params: list[str], metric: str) -> None:
+    """Refuse a --param that is no config key of the runs and a --metric they never log, as `sweep
+    validate` refuses them: against the sweep's `blueberry train TASK`, or every task without a sweep
+    file. A sweep of another program is not checked (its config and metrics are its own)."""
+    from blueberry.config import TASK_CONFIGS
+    from blueberry.sweep.objective import metric_problem
+    from blueberry.sweep.trial_options import option_hint, sweep_options, train_options
+
+    found = sweep_options(sweep) if sweep else None
+    if sweep and found is None:
+        return
+    tasks = [found[0]] if found else list(TASK_CONFIGS)
+    commands = " or ".join(f"'blueberry train {t}'" for t in tasks)
+    swept = set(sweep.get("parameters") or {})
+    for name in params:
+        if name not in swept and not any(name in train_options(t) for t in tasks):
+            raise UserError(f"--param {name}: not an option of {commands}"
+                            f"{_suggestion([option_hint(t, name) for t in tasks])}")
+    problems = [metric_problem(t, metric, sweep) for t in tasks]
+    if all(problems):
+        raise UserError(f"--metric: {_suggestion(problems)}")
+
+
+def _suggestion(texts: list[str]) -> str:
+    """Of one message per task, the one that names a likely intended key, else the first."""
+    return next((t for t in texts if "(did you mean" in t or "(blueberry calls it" in t), texts[0])
 
 
 def runset_filter(sweep: str | None, group: str | None) -> str:
@@ -189,11 +228,11 @@ def report_spec(report, project: str, entity: str | None) -> dict[str, Any]:
 
 
 def _read_sweep_file(path: str | Path) -> dict[str, Any]:
-    """A sweep YAML, or the sweep.yaml of a `sweep local` sweep dir."""
-    from blueberry.sweep.spec import load_sweep
+    """A valid sweep YAML, or the sweep.yaml of a `sweep local` sweep dir; UserError naming its first problem."""
+    from blueberry.sweep.spec import load_valid_sweep
 
     p = Path(path)
-    return load_sweep(p / "sweep.yaml" if p.is_dir() else p)
+    return load_valid_sweep(p / "sweep.yaml" if p.is_dir() else p)
 
 
 def _swept_params(api, entity: str, project: str, sweep: str | None, group: str | None, notes: list[str]) -> list[str]:

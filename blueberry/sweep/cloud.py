@@ -36,12 +36,18 @@ def create(config: dict[str, Any], sweep_file: str, *, project: str | None, enti
     return f"{entity}/{project}/{sweep_id}"
 
 
-def agent(sweep_id: str, count: int | None) -> int:
+def agent_argv(sweep_id: str, count: int | None, max_consecutive_failures: int | None = None) -> list[str]:
+    """The `wandb agent` command line."""
+    wandb_cli = shutil.which("wandb") or os.path.join(os.path.dirname(sys.executable), "wandb")
+    return [wandb_cli, "agent", *(["--count", str(count)] if count else []),
+            *(["--max-consecutive-failed-runs", str(max_consecutive_failures)] if max_consecutive_failures else []),
+            sweep_id]
+
+
+def agent(sweep_id: str, count: int | None, max_consecutive_failures: int | None = None) -> int:
     """`wandb agent` in its own process group; our signals go to the whole group (agent and trial)."""
     _require_server("agent")
-    wandb_cli = shutil.which("wandb") or os.path.join(os.path.dirname(sys.executable), "wandb")
-    argv = [wandb_cli, "agent", *(["--count", str(count)] if count else []), sweep_id]
-    process = subprocess.Popen(argv, start_new_session=True)
+    process = subprocess.Popen(agent_argv(sweep_id, count, max_consecutive_failures), start_new_session=True)
 
     def forward(signum, _frame):
         try:

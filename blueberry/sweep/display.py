@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from blueberry.sweep.objective import BEST_SUFFIX
 from blueberry.sweep.state import Trial
 
 
@@ -41,10 +42,16 @@ def varying(trials: list[Trial]) -> list[str] | None:
     return differ if differ else None
 
 
+def value_label(metric: str) -> str:
+    """What a trial's value is: the best of its logged `metric` (W&B's controller takes that), not its last."""
+    return metric if metric.endswith(BEST_SUFFIX) else f"best {metric}"
+
+
 def trial_table(trials: list[Trial], metric: str, goal: str, title: str, overrides: list[str] = ()) -> Table:
     table = Table(title=title)
-    for column in ("#", "trial", "status", "evals", metric, "params"):
-        table.add_column(column, justify="right" if column in ("#", "evals", metric) else "left")
+    label = value_label(metric)
+    for column in ("#", "trial", "status", "evals", label, "params"):
+        table.add_column(column, justify="right" if column in ("#", "evals", label) else "left")
     keys = varying(trials)
     for rank, t in enumerate(ranked(trials, goal), 1):
         value = "" if t.value is None else f"{t.value:.4g}"
@@ -72,7 +79,7 @@ class SweepDisplay:
         for t in trials:
             if self.seen.get(t.id) != t.status:
                 self.seen[t.id] = t.status
-                value = "" if t.value is None else f" {self.metric}={t.value:.4g}"
+                value = "" if t.value is None else f" {value_label(self.metric)}={t.value:.4g}"
                 shown = params_text(effective_params(t.params, self.overrides))
                 # one line per change, however long: a log reader (SLURM, grep) wants it whole
                 self.console.print(f"[{self.name}] {t.id} {t.status}{value}  {shown}", soft_wrap=True, markup=False,

@@ -8,7 +8,8 @@ agent` runs it: relative paths in the command, in `program:`, in values and in o
 same under both. Up to `workers` at once; Ctrl-C / SIGTERM stop every group (the trainer
 checkpoints on SIGTERM) and mark those trials interrupted, so running the same command again resumes
 the sweep. A trial still alive WANDB_AGENT_KILL_DELAY seconds (default 30, as the agent) after its
-SIGTERM is SIGKILLed.
+SIGTERM is SIGKILLed. When trials keep failing (failures.FailureGuard: the agent's rules), the runner
+gives up as the agent does: it claims no more trials and stops the running ones the same way.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from typing import Any
 
 from blueberry import rundir
 from blueberry.errors import EXIT_DIVERGED, EXIT_PREEMPTED, STOP_FILE_ENV, UserError
+from blueberry.sweep.agent_env import kill_delay
 from blueberry.sweep.command import apply_overrides, args_json, build_command
+from blueberry.sweep.failures import FailureGuard
 from blueberry.sweep.hyperband import runs_to_stop
 from blueberry.sweep.objective import run_value
 from blueberry.sweep.trial_options import sweep_options
@@ -33,17 +36,6 @@ from blueberry.sweep.state import SweepDir, Trial
 
 POLL_S = 2.0
 TRIAL_DIR_ENV = "BLUEBERRY_TRIAL_DIR"   # a trial's folder in the sweep dir, for programs other than blueberry
-KILL_DELAY_ENV, KILL_DELAY_S = "WANDB_AGENT_KILL_DELAY", 30   # wandb agent's variable and default
-
-
-def kill_delay() -> int:
-    """Seconds from a trial's SIGTERM to its SIGKILL, read as `wandb agent` reads it (an integer)."""
-    text = os.environ.get(KILL_DELAY_ENV, str(KILL_DELAY_S))
-    try:
-        return int(text)
-    except ValueError:
-        raise UserError(f"{KILL_DELAY_ENV}={text!r}: must be a whole number of seconds "
-                        f"(wandb agent refuses it too); default {KILL_DELAY_S}") from None
 
 
 @dataclass
@@ -57,12 +49,15 @@ class Running:
 
 class LocalRunner:
     def __init__(self, sweep: SweepDir, *, workers: int = 1, count: int | None = None, show=None,
-                 poll_s: float = POLL_S, cwd: str | Path | None = None):
+                 poll_s: float = POLL_S, cwd: str | Path | None = None, max_consecutive_failures: int | None = None):
         """`show(trials)` is called with every trial after each poll (the live display); trials run in
-        `cwd` (default: the current directory, as under `wandb agent`)."""
+        `cwd` (default: the current directory, as under `wandb agent`); `max_consecutive_failures` is
+        `wandb agent --max-consecutive-failed-runs` (None: no limit)."""
         self.sweep, self.workers, self.count, self.poll_s = sweep, workers, count, poll_s
         self.cwd = Path(cwd or os.getcwd())
         self.kill_delay = kill_delay()
+        self.failures = FailureGuard(max_consecutive_failures, started=time.monotonic())
+        self.gave_up: str | None = None   # why the runner stopped on failing trials
         self.overrides = list(sweep.meta.get("overrides", []))   # the sweep dir's, checked when it was opened
         self.launch_config = sweep.meta.get("launch_config")     # an Accelerate config put in the command's place
         self.show = show or (lambda trials: None)
@@ -77,8 +72,8 @@ class LocalRunner:
         try:
             exhausted = False
             while True:
-                while not self.shutdown and not exhausted and len(self.running) < self.workers and \
-                        (self.count is None or self.started < self.count):
+                while not self.shutdown and not self.gave_up and not exhausted and len(self.running) < self.workers \
+                        and (self.count is None or self.started < self.count):
                     trial = self.sweep.claim()
                     if trial is None:
                         exhausted = True
@@ -98,7 +93,7 @@ class LocalRunner:
         self.show(trials)
         if self.shutdown:
             return 128 + self.shutdown
-        return 1 if any(t.status == "failed" for t in trials) else 0
+        return 1 if self.gave_up or any(t.status == "failed" for t in trials) else 0
 
     def _wait(self) -> None:
         """Up to poll_s, but no longer than until a trial exits: its slot goes to the next trial at
@@ -115,9 +110,15 @@ class LocalRunner:
                 _signal_group(r.process, signal.SIGKILL)
             return
         self.shutdown = signum
+        self._stop_running()
+
+    def _stop_running(self) -> None:
+        """SIGTERM every running trial not yet signalled: it checkpoints, ends "interrupted" and resumes
+        when the sweep is run again."""
         for r in self.running.values():
-            r.stopping, r.signalled_at = "shutdown", time.monotonic()
-            _signal_group(r.process, signal.SIGTERM)
+            if r.stopping is None or self.shutdown:
+                r.stopping, r.signalled_at = "shutdown", time.monotonic()
+                _signal_group(r.process, signal.SIGTERM)
 
     # --- trials --------------------------------------------------------------------------------
     def command(self, trial: Trial) -> list[str]:
@@ -186,6 +187,12 @@ class LocalRunner:
         else:
             trial.status = "failed"
         self.sweep.save(trial)
+        reason = self.failures.ended(trial.id, trial.status, time.monotonic())
+        if reason and not self.gave_up:
+            # As wandb agent gives up: no new trials, and the running ones stopped (they resume), so a
+            # bad node is let go at once instead of holding it for trials that are likely failing too.
+            self.gave_up = reason
+            self._stop_running()
 
     def _read_history(self, trial: Trial) -> None:
         """The sweep metric as the trial's run dir logged it, one value per row that has it."""

@@ -14,12 +14,12 @@ import yaml
 
 from blueberry.errors import UserError
 from blueberry.sweep.command import ENVVAR, sweep_command
-from blueberry.sweep.objective import metric_problem
+from blueberry.sweep.objective import metric_problem, running_best_base
 from blueberry.sweep.params import DEPRECATED
-from blueberry.sweep.trial_options import check_trial_command, sweep_options
+from blueberry.sweep.trial_options import check_trial_command, plain_launchers, sweep_options
 from blueberry.sweep.wandb_spec import check_wandb_spec, parameter_leaves
 
-__all__ = ["load_sweep", "validate_sweep", "sweep_warnings"]
+__all__ = ["load_sweep", "load_valid_sweep", "validate_sweep", "sweep_warnings"]
 
 
 def load_sweep(path: str | Path) -> dict[str, Any]:
@@ -37,6 +37,17 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: empty sweep file")
     if not isinstance(config, dict):
         raise UserError(f"{path}: must be a mapping of sweep keys (method:, parameters:, command:, ...)")
+    return config
+
+
+def load_valid_sweep(path: str | Path) -> dict[str, Any]:
+    """The sweep YAML, or UserError with its first problem (and how many more) in one line: what every
+    command that runs or reads a sweep file refuses before it starts."""
+    config = load_sweep(path)
+    problems = validate_sweep(config, source=str(path))
+    if problems:
+        raise UserError(problems[0] + (f" (and {len(problems) - 1} more: blueberry sweep validate {path})"
+                                       if len(problems) > 1 else ""))
     return config
 
 
@@ -63,7 +74,8 @@ def validate_sweep(config: dict[str, Any], *, source: str) -> list[str]:
 def sweep_warnings(config: dict[str, Any], *, source: str) -> list[str]:
     """Notes that do not make a sweep invalid: W&B's deprecation of the v1 log distributions (their
     min/max are natural-log exponents), distributions the local bayes engine cannot map, `${envvar:...}`
-    items the agent drops, and a sweep that names no W&B project."""
+    items the agent drops, a launcher the agent cannot stop cleanly, a hyperband sweep on a running best,
+    and a sweep that names no W&B project."""
     out = []
     for path, dist in parameter_leaves(config):
         if dist in DEPRECATED:
@@ -78,6 +90,15 @@ def sweep_warnings(config: dict[str, Any], *, source: str) -> list[str]:
             dropped = chunk.startswith("${") and chunk.endswith("}")
             out.append(f"{source}: command[{i}]: {chunk!r}: wandb agent substitutes only ${{envvar:NAME}} with "
                        "NAME in A-Z, 0-9 and _, so it " + ("drops this item" if dropped else "passes it literally"))
+    for i, launcher in plain_launchers(config):
+        out.append(f"{source}: command[{i}]: `{launcher}` exits 1 with a traceback when `wandb agent` stops the "
+                   "trial (SIGTERM), so W&B records a crash and never re-queues it: start it with "
+                   '"${interpreter}", "-m", "blueberry.launch" and accelerate launch\'s arguments')
+    base = running_best_base(config)
+    if base and isinstance(config.get("early_terminate"), dict):
+        out.append(f"{source}: metric.name: {config['metric']['name']} is a running best, so hyperband compares runs "
+                   f"on their best so far and stops another set of runs than on what they log now; name {base}: "
+                   f"W&B's controller already judges each run by its best {base}")
     if "project" not in config and sweep_options(config):
         out.append(f"{source}: project: not set, so `wandb sweep` without --project puts the sweep and its runs "
                    "in your default W&B project, not the trainer's wandb_project (blueberry): add project: blueberry")

@@ -13,7 +13,8 @@ import math
 import os
 from typing import Any, Callable
 
-from blueberry.config import EXTRA_TRAIN_OPTIONS, TASK_CONFIGS, check_bounds, coerce, field_map, load_preset
+from blueberry.config import (EXTRA_TRAIN_OPTIONS, TASK_CONFIGS, check_bounds, coerce, field_hint, field_map,
+                              load_preset)
 from blueberry.errors import UserError
 from blueberry.sweep.command import ARG_MACROS, ENVVAR, apply_overrides, as_delivered, sweep_command
 from blueberry.sweep.params import listed_values, quantize, setting
@@ -25,12 +26,22 @@ TEXT_ARGS = ("args", "args_no_equals", "args_no_boolean_flags")   # the ${args..
 
 def sweep_options(config: dict[str, Any]) -> tuple[str, set[str]] | None:
     """(task, option names) of the `blueberry train TASK` the trial runs; None when it runs no
-    blueberry train command. The options are the config's fields plus `config` and `recipe`."""
+    blueberry train command."""
     found = _find_blueberry(_template_tokens(config))
     if found is None or found[0] is None:
         return None
-    task = found[0]
-    return task, set(field_map(TASK_CONFIGS[task])) | set(EXTRA_TRAIN_OPTIONS)
+    return found[0], train_options(found[0])
+
+
+def train_options(task: str) -> set[str]:
+    """The options of `blueberry train TASK`: the config's fields plus `config` and `recipe`."""
+    return set(field_map(TASK_CONFIGS[task])) | set(EXTRA_TRAIN_OPTIONS)
+
+
+def option_hint(task: str, name: Any) -> str:
+    """For a name that is no option of `blueberry train TASK`: ' (blueberry calls it lr)' for a name
+    users know from elsewhere (the trainer's own hint), else the closest option, as the trainer says it."""
+    return did_you_mean(name, EXTRA_TRAIN_OPTIONS) or field_hint(TASK_CONFIGS[task], str(name))
 
 
 def _template_tokens(config: dict[str, Any]) -> list[str]:
@@ -67,6 +78,26 @@ def _find_blueberry(tokens: list[str]) -> tuple[str | None, str, int] | None:
         return None, (f"runs the blueberry CLI but not 'train TASK' (TASK: {', '.join(TASK_CONFIGS)}); "
                       f"e.g. command: [blueberry, train, lm, ${{args}}]"), i
     return None
+
+
+# Launchers whose own process exits 1 (torchrun's SignalException) when `wandb agent` SIGTERMs it, though
+# the ranks checkpoint and exit 75: W&B records a crash and never re-queues the trial (blueberry/launch.py).
+PLAIN_LAUNCHERS = {"accelerate": "launch", "accelerate-launch": None, "torchrun": None}
+PLAIN_LAUNCHER_MODULES = ("accelerate.commands.launch", "torch.distributed.run", "torch.distributed.launch")
+
+
+def plain_launchers(config: dict[str, Any]) -> list[tuple[int, str]]:
+    """(index in the command, what it starts) of each launcher in the command that `wandb agent` cannot
+    stop cleanly; `python -m blueberry.launch` takes `accelerate launch`'s arguments and can."""
+    tokens = _template_tokens(config)
+    found = []
+    for i, token in enumerate(tokens):
+        name, nxt = os.path.basename(token), tokens[i + 1] if i + 1 < len(tokens) else ""
+        if name in PLAIN_LAUNCHERS and PLAIN_LAUNCHERS[name] in (None, nxt):
+            found.append((i, f"{name} {nxt}" if PLAIN_LAUNCHERS[name] else name))
+        elif token == "-m" and nxt in PLAIN_LAUNCHER_MODULES:
+            found.append((i, f"-m {nxt}"))
+    return found
 
 
 def check_trial_command(config: dict[str, Any], top: dict[str, str | None], add: Add) -> str | None:
@@ -107,12 +138,12 @@ def check_trial_command(config: dict[str, Any], top: dict[str, str | None], add:
     as_text = bool(arg_items)   # else the values arrive as JSON in the --config file
     cls = TASK_CONFIGS[task]
     fields = field_map(cls)
-    options = set(fields) | set(EXTRA_TRAIN_OPTIONS)
+    options = train_options(task)
     for name, dist in top.items():
         path = f"parameters.{name}"
         spec = config["parameters"][name]
         if not isinstance(name, str) or name not in options:
-            add(path, f"not an option of '{command}'{did_you_mean(name, options)}")
+            add(path, f"not an option of '{command}'{option_hint(task, name)}")
         elif not as_text and name in EXTRA_TRAIN_OPTIONS:
             add(path, f"'{name}' is an option, not a field: the --config file takes fields only; pass it with ${{args}}")
         elif name == "recipe" and dist is not None:
@@ -133,7 +164,7 @@ def _check_recipes(cls: type, path: str, spec: dict, dist: str, add: Add) -> Non
             if inner_dist is None:
                 continue   # wandb_spec reported it
             if key not in fields:
-                add(where, f"not a field{did_you_mean(key, fields)}; a recipe is a mapping of field: value")
+                add(where, f"not a field{field_hint(cls, str(key))}; a recipe is a mapping of field: value")
             elif inner_dist == "parameters":
                 add(where, f"a nested block inside a recipe gives {key} a mapping; '{key}' takes one value")
             else:
@@ -366,13 +397,13 @@ def check_overrides(config: dict[str, Any], overrides: list[str]) -> None:
         return
     task = found[0]
     cls, fields = TASK_CONFIGS[task], field_map(TASK_CONFIGS[task])
-    options = set(fields) | set(EXTRA_TRAIN_OPTIONS)
+    options = train_options(task)
     for key, value in pairs:
         label = f"--override {key}={value}"
         if key in RUNNER_OPTIONS:
             raise UserError(f"{label}: {RUNNER_OPTIONS[key]}")
         if key not in options:
-            raise UserError(f"{label}: not an option of 'blueberry train {task}'{did_you_mean(key, options)}")
+            raise UserError(f"{label}: not an option of 'blueberry train {task}'{option_hint(task, key)}")
         try:
             if key == "recipe":
                 for k, v in parse_recipe(value).items():
