@@ -260,7 +260,7 @@ def declare_metrics(run) -> None:
     rows are logged with step=). Summaries are left as the last value, a scalar: define_metric(summary=
     "min") would make a metric's summary {"min": x}, which W&B's sweep controller cannot use (it takes
     the min/max over a run's history values AND its summary value, SweepRun.metric_extremum); the best
-    value is its own scalar instead, `<best_metric>_best`, the key the sweeps in sweeps/ optimise."""
+    value is its own scalar instead, `<best_metric>_best` (the sweeps in sweeps/ name the metric itself)."""
     run.define_metric(STEP_METRIC)
     run.define_metric("*", step_metric=STEP_METRIC)
 
