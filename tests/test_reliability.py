@@ -187,8 +187,10 @@ def test_ctrl_c_checkpoints_and_says_how_to_resume(cli):
     assert _steps(run) == list(range(1, step + 3))
 
 
-def test_disk_full_at_a_checkpoint_fails_in_one_line_and_keeps_the_record(cli):
-    """A real full disk: a 2 MiB tmpfs, mounted in a private mount namespace (no root needed)."""
+@pytest.mark.parametrize("async_save", ["false", "true"], ids=["sync", "async"])
+def test_disk_full_at_a_checkpoint_fails_in_one_line_and_keeps_the_record(cli, async_save):
+    """A real full disk: a 2 MiB tmpfs, mounted in a private mount namespace (no root needed). An
+    asynchronous save's failure is found when the next save (or the end) waits for it."""
     disk = cli.cwd / "disk"
     disk.mkdir()
     out = cli.cwd / "copy"
@@ -196,7 +198,7 @@ def test_disk_full_at_a_checkpoint_fails_in_one_line_and_keeps_the_record(cli):
               f"cp -a {disk} {out}")
     cmd = ["unshare", "--mount", "--map-root-user", "sh", "-c", script, "sh", sys.executable, "-m", "blueberry.cli",
            "train", "lm", *TINY, "--max_steps=40", "--eval_every=100", "--save_every=1", "--keep_last=100",
-           f"--out_dir={disk}", "--wandb_mode=disabled"]
+           f"--out_dir={disk}", "--wandb_mode=disabled", f"--async_save={async_save}"]
     subprocess.run(cmd, check=True, timeout=300, env={**os.environ, "BLUEBERRY_PROGRESS_S": "0"})
     rc, err = int((cli.cwd / "rc").read_text()), (cli.cwd / "stderr").read_text()
     assert rc == 1, err
@@ -207,8 +209,10 @@ def test_disk_full_at_a_checkpoint_fails_in_one_line_and_keeps_the_record(cli):
     failed_at = summary["step"]
     assert summary["status"] == "failed" and summary["reason"] in line and failed_at < 40
     assert not list((run / "checkpoints").glob("*.incomplete"))            # the partial copy is gone
+    not_written = int(re.search(r"checkpoints/step-(\d+): not written", line).group(1))
+    assert not_written == failed_at - (async_save == "true")              # async: found at the next save
     kept = rundir.checkpoints(run)
-    assert [s for s, _ in kept] == list(range(failed_at))                 # every earlier one is there, intact
+    assert [s for s, _ in kept] == list(range(not_written))              # every earlier one is there, intact
     from blueberry.train.checkpoint import damage
     assert all(damage(p) is None for _, p in kept)
     shutil.rmtree(out)

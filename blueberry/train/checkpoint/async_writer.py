@@ -6,8 +6,9 @@ writes the metadata once every rank has written, over a gloo group of their own.
 future completes, every rank's files are on disk.
 
 Two things torch leaves to the caller, done here:
-- its background process sets the root logger to INFO on the terminal: three lines per rank per save.
-  It is started here, with INFO records off in that process (a subclass of torch's private
+- its background process sets the root logger to INFO on the terminal: three lines per rank per save,
+  and a failed write's traceback (the trainer reports it in one line).
+  It is started here, with logging off in that process (a subclass of torch's private
   _AsyncCheckpointProcess, the one place this module reaches into torch internals; a torch without
   it falls back to torch's own start, noisy but correct);
 - async_save needs a process group with a CPU backend even in a one-process run: a world of one
@@ -25,10 +26,11 @@ import torch.distributed as dist
 
 
 def _quiet_target(pg_init_info, parent_conn) -> None:
-    """The background process: torch's loop with INFO logging off."""
+    """The background process: torch's loop with its logging off (a failed write reaches the trainer
+    through the save's future, which reports it in one line)."""
     from torch.distributed.checkpoint import _async_process_executor as ape
 
-    logging.disable(logging.INFO)
+    logging.disable(logging.ERROR)
     ape._AsyncCheckpointProcess._checkpointing_subprocess(pg_init_info, parent_conn)
 
 

@@ -181,7 +181,8 @@ class Checkpointer:
                        flight.step)
 
     def _fail(self, e: BaseException, folder: Path, step: int):
-        why = _write_failure(e, folder.parent) if isinstance(e, Exception) else None
+        e = _cause(e)
+        why = None if isinstance(e, (KeyboardInterrupt, SystemExit)) else _write_failure(e, folder.parent)
         shutil.rmtree(folder, ignore_errors=True)   # never leave a half-written checkpoint behind
         if why:
             raise RunFailed(f"checkpoint {layout.step_dir(self.run_dir, step)}: not written ({why}); the partial "
@@ -216,10 +217,22 @@ class Checkpointer:
                 "blocked_s_median": round(statistics.median(self.blocked_s), 3)}
 
 
+def _cause(e: BaseException) -> BaseException:
+    """What went wrong inside torch.distributed.checkpoint: its CheckpointException (a BaseException)
+    wraps each failed rank's exception in `.failures` {rank: (exception, traceback)}."""
+    failures = getattr(e, "failures", None)
+    if isinstance(failures, dict) and failures:
+        first = next(iter(failures.values()))
+        inner = first[0] if isinstance(first, tuple) else first
+        if isinstance(inner, BaseException):
+            return _cause(inner)
+    return e
+
+
 _FULL_BELOW = 64 << 20   # bytes free under which a failed save is put down to a full disk
 
 
-def _write_failure(e: Exception, folder: Path) -> str | None:
+def _write_failure(e: BaseException, folder: Path) -> str | None:
     """Why a save failed when the filesystem is to blame (full, quota, read-only), else None (a bug).
     torch and safetensors wrap the OSError of a full disk in their own errors, so look at the space."""
     try:
