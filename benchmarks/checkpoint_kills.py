@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 # >100 MB of model and AdamW state (10.5M parameters), steps of a fraction of a second on 2 CPU ranks.
 KILL_SHAPE = ["--preset=moe-exp3", "--data=synthetic", "--tokenizer=bpe:2048", "--seq_len=64", "--batch_size=2",
-              "--eval_every=1000", "--eval_batches=1", "--warmup_steps=5"]
+              "--eval_every=1000", "--eval_batches=1", "--warmup_steps=5", "--log_every=1"]
 
 
 def launch(out: Path, args: list[str], ranks: int = 2) -> subprocess.Popen:

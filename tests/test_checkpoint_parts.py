@@ -118,6 +118,30 @@ def test_rotation_keeps_the_newest_complete_and_the_best(tmp_path):
     assert not list((tmp_path / rundir.CHECKPOINTS).iterdir())
 
 
+def test_a_kill_while_a_checkpoint_is_deleted_never_leaves_half_of_it_under_its_name(tmp_path, monkeypatch):
+    """Rotation (and a resume's removal of newer checkpoints) renames the folder away before deleting it:
+    a kill in the middle of the delete leaves no damaged step-N for a resume to trip over."""
+    import shutil
+
+    for step in (1, 2, 3):
+        _folder(tmp_path, step, FILES)
+
+    def killed_half_way(path, ignore_errors=False):
+        next(p for p in sorted(Path(path).iterdir()) if p.is_file()).unlink()
+        raise KeyboardInterrupt
+
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(layout, "shutil", SimpleNamespace(rmtree=killed_half_way))
+    with pytest.raises(KeyboardInterrupt):
+        layout.rotate(tmp_path, keep_last=2)
+    assert [s for s, _ in rundir.checkpoints(tmp_path)] == [2, 3]          # step 1 is gone as a checkpoint
+    assert all(damage(p) is None for _, p in rundir.checkpoints(tmp_path))
+    monkeypatch.setattr(layout, "shutil", shutil)
+    layout.remove_incomplete(tmp_path)                                      # the next run cleans the rest
+    assert sorted(p.name for p in (tmp_path / rundir.CHECKPOINTS).iterdir()) == ["step-0000002", "step-0000003"]
+
+
 # --- the Checkpointer on one process ---------------------------------------------------------------
 
 def _training(tmp_path, async_save: bool, seed: int = 0):

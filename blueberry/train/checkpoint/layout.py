@@ -69,9 +69,9 @@ def publish(tmp: Path, final: Path) -> None:
     if not final.exists():
         os.rename(tmp, final)
     elif _exchange(tmp, final):
-        shutil.rmtree(tmp, ignore_errors=True)   # now the old folder
+        delete(tmp)   # now the old folder
     else:
-        aside = final.with_name(f".replaced-{final.name}-{os.getpid()}")
+        aside = final.with_name(f"{_DELETING}{final.name}-{os.getpid()}")
         os.rename(final, aside)
         os.rename(tmp, final)
         shutil.rmtree(aside, ignore_errors=True)
@@ -116,7 +116,7 @@ def rotate(run_dir: Path, keep_last: int) -> list[Path]:
     removed = []
     for _, path in rundir.checkpoints(run_dir)[:-keep_last]:
         if path.resolve() != protected:
-            shutil.rmtree(path, ignore_errors=True)
+            delete(path)
             removed.append(path)
     return removed
 
@@ -126,7 +126,7 @@ def remove_incomplete(run_dir: Path) -> None:
     folder = Path(run_dir) / rundir.CHECKPOINTS
     if folder.is_dir():
         for p in folder.iterdir():
-            if p.name.endswith(INCOMPLETE) or p.name.startswith((".tmp-", ".replaced-")):
+            if p.name.endswith(INCOMPLETE) or p.name.startswith((".tmp-", _DELETING)):
                 shutil.rmtree(p, ignore_errors=True)
 
 
@@ -136,9 +136,23 @@ def remove_newer(run_dir: Path, step: int) -> list[Path]:
     removed = []
     for s, path in rundir.checkpoints(run_dir):
         if s > step:
-            shutil.rmtree(path, ignore_errors=True)
+            delete(path)
             removed.append(path)
     return removed
+
+
+_DELETING = ".deleting-"
+
+
+def delete(folder: Path) -> None:
+    """Delete a checkpoint folder so that no kill leaves half of it under a checkpoint's name: renamed
+    out of the way first (one atomic step), then removed; a leftover is cleaned by remove_incomplete."""
+    aside = folder.with_name(f"{_DELETING}{folder.name}-{os.getpid()}")
+    try:
+        os.rename(folder, aside)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def fsync_file(path: Path) -> None:
