@@ -195,8 +195,10 @@ def _wait_for_training(cwd: Path, name: str, timeout: float = 240) -> Path:
 
 
 def test_preemption_tells_wandb_and_a_sweep_stop_finishes_stopped(tmp_path):
+    """A trial of `wandb agent` inside a SLURM job that SLURM preempts (SIGTERM; W&B's server cannot be asked
+    offline whether it was a stop, so the SLURM job decides), and a `sweep local` trial its hyperband stops."""
     stop_file = tmp_path / "stop-requested"
-    agent = {"WANDB_SWEEP_ID": "sw2", "WANDB_RUN_ID": "pre123abc"}   # as `wandb agent` starts a trial
+    agent = {"WANDB_SWEEP_ID": "sw2", "WANDB_RUN_ID": "pre123abc", "SLURM_JOB_ID": "4242"}
     preempted = _start(tmp_path, "pre", agent)
     stopped = _start(tmp_path, "stp", {"BLUEBERRY_STOP_FILE": str(stop_file)})
     pre_dir, stp_dir = _wait_for_training(tmp_path, "pre"), _wait_for_training(tmp_path, "stp")
