@@ -17,7 +17,7 @@ import pytest
 from blueberry import rundir
 from blueberry.train import tracking
 from conftest import TINY, run_dirs
-from test_wandb_run import _start, _wait_for_training, of_type, records
+from test_wandb_run import assert_preempted, assert_stopped, of_type, records, signal_trainers
 
 
 def offline_records(offline: Path) -> list[dict]:
@@ -72,24 +72,10 @@ def test_a_sigterm_from_wandb_agent_is_a_stop_and_sigusr1_a_preemption(tmp_path)
     server cannot be asked) that SIGTERM is a stop: exit 0, status stopped, no preempting record, so W&B
     does not re-queue what it stopped. SIGUSR1 is always a preemption (SLURM's --signal)."""
     agent = {"WANDB_SWEEP_ID": "sw4"}
-    stopped = _start(tmp_path, "stp", {**agent, "WANDB_RUN_ID": "stop0001"})
-    preempted = _start(tmp_path, "usr", {**agent, "WANDB_RUN_ID": "usr10001"})
-    stp_dir, usr_dir = _wait_for_training(tmp_path, "stp"), _wait_for_training(tmp_path, "usr")
-    stopped.send_signal(signal.SIGTERM)
-    preempted.send_signal(signal.SIGUSR1)
-    _, stp_err = stopped.communicate(timeout=240)
-    _, usr_err = preempted.communicate(timeout=240)
-
-    assert stopped.returncode == 0, stp_err
-    assert rundir.read_summary(stp_dir)["status"] == "stopped"
-    recs = records(stp_dir)
-    assert not of_type(recs, "preempting") and of_type(recs, "exit")[0].get("exit_code", 0) == 0
-    assert rundir.latest_checkpoint(stp_dir) is not None
-
-    assert preempted.returncode == 75, usr_err
-    assert rundir.read_summary(usr_dir)["status"] == "preempted"
-    recs = records(usr_dir)
-    assert of_type(recs, "preempting") and of_type(recs, "exit")[0]["exit_code"] == 75
+    ended = signal_trainers(tmp_path, {"stp": ({**agent, "WANDB_RUN_ID": "stop0001"}, signal.SIGTERM, None),
+                                       "usr": ({**agent, "WANDB_RUN_ID": "usr10001"}, signal.SIGUSR1, None)})
+    assert_stopped(*ended["stp"])
+    assert_preempted(*ended["usr"])
 
 
 class StandInServer(http.server.BaseHTTPRequestHandler):
