@@ -72,9 +72,9 @@ def test_out_takes_the_json_figures_and_wandb_files_and_the_run_dir_is_untouched
     assert f"wrote {out / 'eval-val.json'}" in res.stdout
 
 
-@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux unshare")
 def test_a_read_only_run_dir_stops_before_any_work_and_names_out(trained, tmp_path):
-    """A read-only mount (chmod does not stop root, and CI runs as root): one line, exit 2, no output."""
+    """A read-only bind mount in a private mount namespace (chmod does not stop root, and CI runs as root;
+    as in test_reliability's full disk): one line, exit 2, no output."""
     run = copy_run(trained, tmp_path)
     script = (f'mount --bind "{run}" "{run}" && mount -o remount,ro,bind "{run}" && '
               f'exec "{sys.executable}" -m blueberry.cli evaluate "{run}" --split=val')
@@ -93,7 +93,19 @@ def test_an_out_that_cannot_be_a_folder_is_one_line(trained, tmp_path):
     assert line.startswith(f"error: --out={tmp_path / 'a-file' / 'sub'}: cannot write there"), line
 
 
-def test_an_evaluated_artifact_is_recorded_with_the_run_and_lands_in_its_project(trained, tmp_path, monkeypatch):
+@pytest.fixture
+def wandb_in_this_process():
+    """W&B started in the test process leaves its service's address in WANDB_SERVICE, which every later
+    subprocess (a trainer in another test) would join, with this process's working directory: let it go."""
+    yield
+    import wandb
+
+    wandb.teardown()
+    os.environ.pop("WANDB_SERVICE", None)
+
+
+def test_an_evaluated_artifact_is_recorded_with_the_run_and_lands_in_its_project(trained, tmp_path, monkeypatch,
+                                                                                  wandb_in_this_process):
     """Offline (a downloaded Artifact needs the server, so evaluate_run cannot get here offline): the
     evaluation run of an Artifact version goes to the Artifact's entity/project and names it in its config.
     W&B refuses use_artifact offline, so the lineage link itself is made only online (next test)."""
