@@ -17,7 +17,8 @@ import pytest
 from blueberry import rundir
 from blueberry.train import tracking
 from conftest import TINY, run_dirs
-from test_wandb_run import assert_preempted, assert_stopped, of_type, records, signal_trainers
+from test_wandb_run import (assert_preempted, assert_stopped, model_artifacts, of_type, rebuild_artifact, records,
+                            signal_trainers)
 
 
 def offline_records(offline: Path) -> list[dict]:
@@ -50,21 +51,31 @@ UNREACHABLE = {"WANDB_MODE": None, "WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": 
 
 
 def test_the_first_steps_do_not_wait_for_an_unreachable_wandb(cli):
-    """W&B's online init retries ~20 s before it gives up. Step 0's best checkpoint used to wait for it (to
-    carry the W&B run id); the id is now chosen before W&B starts, so step 1 is trained and evaluated while
-    W&B is still trying, and every checkpoint carries the id of the offline run W&B falls back to."""
-    res = cli("train", "lm", *TINY, "--max_steps=2", "--eval_every=1", "--keep_last=5", env=UNREACHABLE, timeout=240)
+    """W&B's online init retries ~10 s before it gives up. Step 0's best checkpoint used to wait for it (to
+    carry the W&B run id), and with wandb_log_model=all every checkpoint waited until W&B had copied it. The
+    id is now chosen before W&B starts and checkpoints are hard-linked aside for W&B, so step 1 is trained
+    and evaluated while W&B is still trying; every checkpoint, even those rotated away before W&B was up,
+    reaches the offline run W&B falls back to as an Artifact version carrying that run's id."""
+    res = cli("train", "lm", *TINY, "--max_steps=2", "--eval_every=1", "--save_every=1", "--keep_last=1",
+              "--wandb_log_model=all", env=UNREACHABLE, timeout=240)
     assert res.returncode == 0, res.stderr
     # One stream, in the order things happened: step 1's row (and its evaluation) before W&B gave up.
     assert res.stderr.index("step 1: val/loss") < res.stderr.index("W&B init failed in online mode"), res.stderr
     (run,) = run_dirs(cli.cwd / "runs")
     assert any(r["step"] == 1 and "train/loss" in r for r in rundir.read_metrics(run))
-    (run_record,) = of_type(records(run), "run")
+    recs = records(run)
+    (run_record,) = of_type(recs, "run")
+    run_id = run_record["run_id"]
     summary = rundir.read_summary(run)
-    assert summary["wandb"]["mode"] == "offline" and summary["wandb"]["id"] == run_record["run_id"]
-    ckpts = [path for _, path in rundir.checkpoints(run)]
-    assert [p.name for p in ckpts][0] == "step-0000000"          # written while W&B was still starting
-    assert {checkpoint_wandb_id(p) for p in ckpts} == {run_record["run_id"]}
+    assert summary["wandb"]["mode"] == "offline" and summary["wandb"]["id"] == run_id
+    assert {checkpoint_wandb_id(p) for _, p in rundir.checkpoints(run)} == {run_id}
+
+    versions = {next(a for a in v["aliases"] if a.startswith("step-")): v for v in model_artifacts(recs)}
+    assert sorted(versions) == ["step-0", "step-1", "step-2"]   # keep_last=1 had deleted steps 0 and 1
+    step0 = rebuild_artifact(versions["step-0"], cli.cwd / "step-0-artifact")
+    assert (step0 / "checkpoints" / "step-0000000" / "model.safetensors").is_file()
+    assert checkpoint_wandb_id(step0 / "checkpoints" / "step-0000000") == run_id   # saved while W&B started
+    assert not (run / tracking.STAGING).exists()
 
 
 def test_a_sigterm_from_wandb_agent_is_a_stop_and_sigusr1_a_preemption(tmp_path):
