@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from blueberry import rundir
-from blueberry.train import tracking
+from blueberry.train import stopping, tracking
 from conftest import TINY, run_dirs
 from test_wandb_run import (assert_preempted, assert_stopped, model_artifacts, of_type, rebuild_artifact, records,
                             signal_trainers)
@@ -130,17 +130,17 @@ def test_wandb_is_asked_whether_a_run_was_told_to_stop(stand_in_wandb, monkeypat
     import base64
 
     stand_in_wandb.told_to_stop = {"hb000001": True, "live0001": False}
-    assert tracking.server_says_stop("team", "proj", "hb000001") is True
-    assert tracking.server_says_stop("team", "proj", "live0001") is False
-    assert tracking.server_says_stop("team", "proj", "unknown1") is None       # no such run: no answer
+    assert stopping.server_says_stop("team", "proj", "hb000001") is True
+    assert stopping.server_says_stop("team", "proj", "live0001") is False
+    assert stopping.server_says_stop("team", "proj", "unknown1") is None       # no such run: no answer
     path, auth, body = stand_in_wandb.requests[0]
     assert path == "/graphql" and auth == "Basic " + base64.b64encode(b"api:" + b"k" * 40).decode()
     assert body["variables"] == {"entity": "team", "project": "proj", "run": "hb000001"}
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
-    assert tracking.server_says_stop("team", "proj", "hb000001") is None       # unreachable: no answer
+    assert stopping.server_says_stop("team", "proj", "hb000001") is None       # unreachable: no answer
 
     # The rule the trainer applies to a SIGTERM/SIGUSR1 once every rank agreed to stop (first match wins).
-    decide = tracking.stop_or_preempt
+    decide = stopping.stop_or_preempt
     agent, slurm = {"WANDB_SWEEP_ID": "sw"}, {"SLURM_JOB_ID": "7"}
     cases = [  # (signal, stop already known, environment, the server's answer) -> outcome
         (signal.SIGTERM, True, slurm, None, "stopped"),       # W&B's stop check or sweep local's stop file

@@ -30,7 +30,8 @@ from blueberry.train import checkpoint, sharded, sharding
 from blueberry.train.checkpoint import TrainerState
 from blueberry.train.figures import save_figures
 from blueberry.train.progress import progress
-from blueberry.train.tracking import Tracker, choose_mode, choose_run_id, notice, stop_or_preempt, sweep_asked_to_stop
+from blueberry.train.stopping import stop_or_preempt, sweep_asked_to_stop
+from blueberry.train.tracking import Tracker, choose_mode, choose_run_id, notice
 
 
 
@@ -97,7 +98,7 @@ class PreemptSignal:
 
     def outcome(self, accelerator, told_to_stop) -> str:
         """"interrupted" (Ctrl-C), "stopped" (a sweep's or W&B's stop: exit 0) or "preempted" (exit 75, W&B
-        told to re-queue it), decided on the main process by tracking.stop_or_preempt (only it can ask W&B,
+        told to re-queue it), decided on the main process by stopping.stop_or_preempt (only it can ask W&B,
         `told_to_stop`) and the same on every rank."""
         decided = [None]
         if accelerator.is_main_process:
