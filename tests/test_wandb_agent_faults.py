@@ -165,29 +165,27 @@ def test_wandb_is_asked_whether_a_run_was_told_to_stop(stand_in_wandb, monkeypat
 def test_a_config_value_wandb_changed_is_one_warning_and_the_trained_value_is_recorded(cli):
     """W&B Launch (WANDB_CONFIG) and a sweep's parameter file (WANDB_SWEEP_PARAM_PATH) set config keys
     that W&B locks over the config the trainer gives; training reads its own config, so a differing value
-    never trained. One warning line names it; W&B's summary gets the trained value as trained/<key>."""
+    never trained. One warning line names them all; W&B's summary gets the trained values as trained/<key>."""
     params = cli.cwd / "config-trial.yaml"
-    params.write_text("lr:\n  value: 0.02\n")        # as `wandb agent` writes it for a trial
-    sources = {"launch": {"WANDB_LAUNCH": "true", "WANDB_CONFIG": json.dumps({"lr": 0.5, "seed": 0})},
-               "sweep": {"WANDB_SWEEP_PARAM_PATH": str(params)}}
-    for name, env in sources.items():
-        res = cli("train", "lm", *TINY, "--max_steps=1", "--eval_every=1", f"--name={name}", "--lr=0.004", env=env)
-        assert res.returncode == 0, res.stderr
-        (run,) = [p for p in run_dirs(cli.cwd / "runs") if p.name.startswith(name)]
-        wandb_value = {"launch": 0.5, "sweep": 0.02}[name]
-        lines = [line for line in res.stderr.splitlines() if "differs from what trains" in line]
-        assert lines == [f"blueberry: W&B's config differs from what trains for lr (W&B {wandb_value}, trained 0.004); "
-                         "W&B keeps the value its sweep or Launch set, so the trained one is in config.yaml and in "
-                         "W&B's summary as trained/lr"], res.stderr
-        (offline,) = (run / "wandb").glob("offline-run-*")
-        summary = offline_summary(offline)
-        assert summary["config"]["lr"] == wandb_value and summary["config"]["seed"] == 0
-        assert summary["summary"]["trained/lr"] == 0.004
-        record = rundir.read_summary(run)["wandb"]
-        assert record["config_differs"] == {"lr": {"wandb": wandb_value, "trained": 0.004}}
-        # W&B ignores the id it is given in a Launch context: the one chosen up front reaches it through
-        # WANDB_RUN_ID, so checkpoints and W&B agree.
-        assert record["id"] == summary["run_id"]
+    params.write_text("seed:\n  value: 3\n")        # as `wandb agent` writes a trial's parameters
+    env = {"WANDB_LAUNCH": "true", "WANDB_CONFIG": json.dumps({"lr": 0.5, "batch_size": 4}),
+           "WANDB_SWEEP_PARAM_PATH": str(params)}
+    res = cli("train", "lm", *TINY, "--max_steps=1", "--eval_every=1", "--lr=0.004", "--seed=1", env=env)
+    assert res.returncode == 0, res.stderr
+    (run,) = run_dirs(cli.cwd / "runs")
+    lines = [line for line in res.stderr.splitlines() if "differs from what trains" in line]
+    assert lines == ["blueberry: W&B's config differs from what trains for seed (W&B 3, trained 1), lr (W&B 0.5, "
+                     "trained 0.004); W&B keeps the value its sweep or Launch set, so the trained one is in "
+                     "config.yaml and in W&B's summary as trained/seed, trained/lr"], res.stderr
+    (offline,) = (run / "wandb").glob("offline-run-*")
+    summary = offline_summary(offline)
+    assert (summary["config"]["lr"], summary["config"]["seed"], summary["config"]["batch_size"]) == (0.5, 3, 4)
+    assert (summary["summary"]["trained/lr"], summary["summary"]["trained/seed"]) == (0.004, 1)
+    record = rundir.read_summary(run)["wandb"]
+    assert record["config_differs"] == {"seed": {"wandb": 3, "trained": 1}, "lr": {"wandb": 0.5, "trained": 0.004}}
+    # W&B ignores the id it is given in a Launch context: the one chosen up front reaches it through
+    # WANDB_RUN_ID, so checkpoints and W&B agree.
+    assert record["id"] == summary["run_id"]
 
 
 def test_resuming_an_older_checkpoint_logs_to_a_new_wandb_run_that_continues_the_old(cli):
