@@ -155,14 +155,18 @@ for _task, _cls in TASK_CONFIGS.items():
                                              "Default: test when the run has a test split, else val.")
 @click.option("--checkpoint", "which", default="best", show_default=True,
               help="best, latest, or a checkpoint dir of the run.")
-def evaluate(run_dir, split, which):
-    """Evaluate a run's checkpoint on one split; prints the metrics and writes RUN_DIR/eval-SPLIT.json."""
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Folder for eval-SPLIT.json, the figures (plots/) and the evaluation's W&B files (eval/wandb/). "
+                   "Default: the run dir (for an Artifact reference, runs/artifacts/NAME).")
+def evaluate(run_dir, split, which, out_dir):
+    """Evaluate a run's checkpoint on one split; prints the metrics and writes RUN_DIR/eval-SPLIT.json.
+    RUN_DIR may be a model Artifact reference (ENTITY/PROJECT/model-ID:ALIAS), downloaded first."""
     from rich.console import Console
     from rich.table import Table
 
     from blueberry.train.evaluate import evaluate_run
 
-    metrics, path = evaluate_run(run_dir, split, which)
+    metrics, path = evaluate_run(run_dir, split, which, out_dir)
     split = path.stem.removeprefix("eval-")
     table = Table(title=f"{Path(run_dir).name} — {split} ({which} checkpoint)")
     table.add_column("metric")
@@ -172,6 +176,20 @@ def evaluate(run_dir, split, which):
             table.add_row(name, f"{value:.4f}")
     Console().print(table)
     click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True), metavar="PATH...")
+@click.option("--dry-run", is_flag=True, help="List the offline W&B runs that would be uploaded; needs no key.")
+@click.option("--project", default=None, help="Upload every run to this W&B project instead of its own.")
+@click.option("--entity", default=None, help="Upload every run to this W&B entity instead of its own.")
+def sync(paths, dry_run, project, entity):
+    """Upload every offline W&B run under run dirs and sweep dirs (each trial's runs and each evaluation's
+    eval/wandb/, which a bare `wandb sync` does not find) with W&B's own sync. Runs W&B marked synced are
+    skipped, so running it again uploads only what is new. Exits 1 when W&B left a run unsynced."""
+    from blueberry.wandb_sync import sync as sync_runs
+
+    return sync_runs(list(paths), dry_run=dry_run, project=project, entity=entity, echo=click.echo)
 
 
 @main.command()

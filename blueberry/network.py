@@ -5,48 +5,67 @@ from __future__ import annotations
 
 import netrc
 import os
-
-from blueberry.errors import UserError
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from typing import TypeVar
 from urllib.parse import urlparse
+
+from blueberry.errors import UserError
+
+T = TypeVar("T")
+
+
+def within(timeout: float, call: Callable[[], T]) -> T | None:
+    """call() on a daemon thread, or None when it has not returned within `timeout` seconds (or raised an
+    OSError/ValueError). A socket timeout does not cover DNS resolution, which can hang much longer on a
+    half-configured network; the thread bounds the whole call."""
+    result: list = []
+
+    def run() -> None:
+        try:
+            result.append(call())
+        except (OSError, ValueError):
+            pass
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return result[0] if result else None
 
 
 def url_reachable(url: str, timeout: float = 5.0) -> bool:
     """True when `url` answers a HEAD request (any HTTP status) within `timeout` seconds."""
-    result: list[bool] = []
-
-    def probe() -> None:
+    def probe() -> bool:
         try:
             urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
-            result.append(True)
         except urllib.error.HTTPError:
-            result.append(True)  # the server answered, even if with 4xx/5xx
-        except (OSError, ValueError):
-            result.append(False)
+            pass  # the server answered, even if with 4xx/5xx
+        return True
 
-    # The socket timeout does not cover DNS resolution, which can hang much longer on a
-    # half-configured network; a daemon thread bounds the whole probe.
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
+    return bool(within(timeout, probe))
 
 
 def wandb_base_url() -> str:
     return os.environ.get("WANDB_BASE_URL", "").strip().rstrip("/") or "https://api.wandb.ai"
 
 
-def has_wandb_key() -> bool:
-    """An API key in the environment or ~/.netrc for the W&B host (no network, no prompt)."""
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
-        return True
+def wandb_api_key() -> str | None:
+    """The W&B API key from the environment or ~/.netrc for the W&B host (no network, no prompt)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return os.environ["WANDB_API_KEY"]
     host = urlparse(wandb_base_url()).hostname or ""
     try:
-        return netrc.netrc().authenticators(host) is not None
+        found = netrc.netrc().authenticators(host)
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return False
+        return None
+    return found[2] if found else None
+
+
+def has_wandb_key() -> bool:
+    """An API key (or a W&B identity token file) is configured."""
+    return bool(wandb_api_key() or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"))
 
 
 def require_wandb_server(what: str, hint: str) -> None:

@@ -62,9 +62,9 @@ def create_run_dir(out_dir: str | Path, name: str) -> Path:
     raise RuntimeError(f"could not create a unique run dir for {base} in {out_dir}")
 
 
-def ensure_writable_dir(path: str | Path, field: str) -> Path:
+def ensure_writable_dir(path: str | Path, field: str, hint: str = "give a writable folder") -> Path:
     """Create `path` if needed and prove a file can be written there, before any expensive work;
-    UserError naming `field` (e.g. out_dir, cache_dir, --out) when not."""
+    UserError naming `field` (e.g. out_dir, cache_dir, --out) and ending in `hint` when not."""
     p = Path(path).expanduser()
     try:
         p.mkdir(parents=True, exist_ok=True)
@@ -77,7 +77,7 @@ def ensure_writable_dir(path: str | Path, field: str) -> Path:
         why = e.strerror or str(e)
         if e.errno == errno.ENOTDIR or (p.exists() and not p.is_dir()):
             why = "a file is in the way (a folder is needed)"
-        raise UserError(f"{field}={path}: cannot write there ({why}); give a writable folder") from None
+        raise UserError(f"{field}={path}: cannot write there ({why}); {hint}") from None
     return p
 
 

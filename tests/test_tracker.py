@@ -12,7 +12,7 @@ class FailingRun:
 
     def __init__(self, fail_from: int):
         self.fail_from, self.logged, self.finished = fail_from, [], None
-        self.id, self.dir, self.group = "fake1234", "/tmp/wandb/run", ""
+        self.id, self.dir, self.group, self.config = "fake1234", "/tmp/wandb/run", "", {}
 
     def log(self, row, step):
         if step >= self.fail_from:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -194,24 +195,49 @@ def _wait_for_training(cwd: Path, name: str, timeout: float = 240) -> Path:
     raise AssertionError(f"{name} never trained")
 
 
-def test_preemption_tells_wandb_and_a_sweep_stop_finishes_stopped(tmp_path):
-    stop_file = tmp_path / "stop-requested"
-    agent = {"WANDB_SWEEP_ID": "sw2", "WANDB_RUN_ID": "pre123abc"}   # as `wandb agent` starts a trial
-    preempted = _start(tmp_path, "pre", agent)
-    stopped = _start(tmp_path, "stp", {"BLUEBERRY_STOP_FILE": str(stop_file)})
-    pre_dir, stp_dir = _wait_for_training(tmp_path, "pre"), _wait_for_training(tmp_path, "stp")
-    preempted.send_signal(signal.SIGTERM)
-    stop_file.touch()                      # what `sweep local` does before its hyperband SIGTERM
-    stopped.send_signal(signal.SIGTERM)
-    _, pre_err = preempted.communicate(timeout=240)
-    _, stp_err = stopped.communicate(timeout=240)
+def signal_trainers(cwd: Path, trainers: dict[str, tuple[dict, int, Callable | None]]) -> dict[str, tuple]:
+    """Start one trainer per name (its environment), wait until each trains, then call its `before` (if any)
+    and send it its signal. Returns name -> (run dir, exit code, stderr)."""
+    started = {name: _start(cwd, name, env) for name, (env, _, _) in trainers.items()}
+    run_dirs_ = {name: _wait_for_training(cwd, name) for name in trainers}
+    for name, (_, sig, before) in trainers.items():
+        if before is not None:
+            before()
+        started[name].send_signal(sig)
+    errors = {name: p.communicate(timeout=240)[1] for name, p in started.items()}
+    return {name: (run_dirs_[name], p.returncode, errors[name]) for name, p in started.items()}
 
-    assert preempted.returncode == 75, pre_err
-    assert rundir.read_summary(pre_dir)["status"] == "preempted"
-    recs = records(pre_dir)
-    assert of_type(recs, "preempting")     # W&B's sweep re-queues a preempting run that exits non-zero
-    assert of_type(recs, "exit")[0]["exit_code"] == 75
-    assert not model_artifacts(recs)       # wandb_log_model=none (the default) logs no checkpoint
+
+def assert_preempted(run: Path, code: int, err: str) -> None:
+    """Exit 75, status preempted, and W&B told (a preempting record), so W&B's sweep re-queues it."""
+    assert code == 75, err
+    assert rundir.read_summary(run)["status"] == "preempted"
+    recs = records(run)
+    assert of_type(recs, "preempting") and of_type(recs, "exit")[0]["exit_code"] == 75
+
+
+def assert_stopped(run: Path, code: int, err: str) -> None:
+    """Exit 0, status stopped, a checkpoint, and no preempting record: nothing re-queues it."""
+    assert code == 0, err
+    assert rundir.read_summary(run)["status"] == "stopped"
+    recs = records(run)
+    assert not of_type(recs, "preempting") and of_type(recs, "exit")[0].get("exit_code", 0) == 0
+    assert rundir.latest_checkpoint(run) is not None
+
+
+def test_preemption_tells_wandb_and_a_sweep_stop_finishes_stopped(tmp_path):
+    """A trial of `wandb agent` inside a SLURM job that SLURM preempts (SIGTERM; W&B's server cannot be asked
+    offline whether it was a stop, so the SLURM job decides), and a `sweep local` trial its hyperband stops."""
+    stop_file = tmp_path / "stop-requested"
+    agent = {"WANDB_SWEEP_ID": "sw2", "WANDB_RUN_ID": "pre123abc", "SLURM_JOB_ID": "4242"}
+    ended = signal_trainers(tmp_path, {
+        "pre": (agent, signal.SIGTERM, None),
+        # what `sweep local` does before its hyperband SIGTERM
+        "stp": ({"BLUEBERRY_STOP_FILE": str(stop_file)}, signal.SIGTERM, stop_file.touch)})
+    pre_dir = ended["pre"][0]
+    assert_preempted(*ended["pre"])
+    assert not model_artifacts(records(pre_dir))       # wandb_log_model=none (the default) logs no checkpoint
+    assert_stopped(*ended["stp"])
 
     # W&B's sweep re-queues it: the agent starts the same command with the same WANDB_RUN_ID, and the
     # run dir of that W&B run resumes (here up to two steps further).
@@ -223,12 +249,6 @@ def test_preemption_tells_wandb_and_a_sweep_stop_finishes_stopped(tmp_path):
     assert [p.name for p in run_dirs(tmp_path / "runs") if p.name.startswith("pre-")] == [pre_dir.name]
     losses = [r["step"] for r in rundir.read_metrics(pre_dir) if "train/loss" in r]
     assert losses == list(range(1, step + 3))
-
-    assert stopped.returncode == 0, stp_err
-    assert rundir.read_summary(stp_dir)["status"] == "stopped"
-    recs = records(stp_dir)
-    assert not of_type(recs, "preempting") and of_type(recs, "exit")[0].get("exit_code", 0) == 0
-    assert rundir.latest_checkpoint(stp_dir) is not None
 
 
 def test_artifact_reference_offline_fails_fast_in_one_line(cli):

@@ -2,7 +2,8 @@
 
 Rebuilds the task's data and model from the run dir's config.yaml, loads the checkpoint's model
 weights, evaluates the WHOLE split (training evaluates eval_batches of it), and writes
-RUN_DIR/eval-<split>.json (plus any figures under plots/).
+OUT/eval-<split>.json, figures under OUT/plots/ and the evaluation's W&B run under OUT/eval/wandb/;
+OUT is the run dir unless --out names another folder. OUT must be writable before any work starts.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from pathlib import Path
 from blueberry import rundir
 from blueberry.config import TASK_CONFIGS, read_config_file, resolve
 from blueberry.errors import UserError, first_line
+from blueberry.rundir import ensure_writable_dir
 from blueberry.tasks import load_task
 from blueberry.train.checkpoint import formats, pick
+from blueberry.train.artifacts import FetchedArtifact, download_model_artifact, is_artifact_reference, require_online
 from blueberry.train.figures import save_figures
-from blueberry.train.artifacts import fetch_model_artifact, is_artifact_reference
-from blueberry.train.tracking import checkpoint_step, log_evaluation, notice
+from blueberry.train.checkpoint.layout import checkpoint_step
+from blueberry.train.tracking import log_evaluation
 from blueberry.train.trainer import make_accelerator
 
 
@@ -27,13 +30,25 @@ def default_split(task, cfg) -> str:
     return "test" if "test" in task.splits and getattr(cfg, "test_fraction", 0) > 0 else "val"
 
 
-def evaluate_run(run_dir: str | Path, split: str | None = None, which: str = "best") -> tuple[dict[str, float], Path]:
-    """Metrics of `which` checkpoint on `split`; also written to RUN_DIR/eval-<split>.json."""
+def evaluate_run(run_dir: str | Path, split: str | None = None, which: str = "best",
+                 out: str | Path | None = None) -> tuple[dict[str, float], Path]:
+    """Metrics of `which` checkpoint on `split`; also written to OUT/eval-<split>.json (OUT: `out`, else
+    the run dir)."""
+    fetched: FetchedArtifact | None = None
+    if out is not None:   # before a download or any other work
+        out = ensure_writable_dir(out, "--out")
     if is_artifact_reference(str(run_dir)):   # a model Artifact version holds one checkpoint
-        run_dir, which = fetch_model_artifact(str(run_dir), "run_dir", Path("runs") / "artifacts"), "latest"
+        require_online(str(run_dir), "run_dir")
+        into = Path(out or "runs") / "artifacts"
+        ensure_writable_dir(into, "run_dir", f"the Artifact is downloaded under {into}; pass --out DIR")
+        fetched = download_model_artifact(str(run_dir), "run_dir", into)
+        run_dir, which = fetched.run_dir, "latest"
     run_dir = Path(run_dir)
     if not (run_dir / rundir.CONFIG).exists():
         raise UserError(f"{run_dir}: not a run dir (no {rundir.CONFIG})")
+    if out is None:
+        out = ensure_writable_dir(run_dir, "run_dir", "pass --out DIR for eval-SPLIT.json, its figures and "
+                                  "W&B files")
     saved = read_config_file(run_dir / rundir.CONFIG)
     task_name = saved.pop("task", "")
     if task_name not in TASK_CONFIGS:
@@ -55,10 +70,11 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, which: str = "be
         raise UserError(f"{formats.weights_path(ckpt)}: cannot be loaded into the run's model ({first_line(e)})") from None
     model = accelerator.prepare(model)
     metrics, figures = task.evaluate(model, data, cfg, accelerator, split=split)
+    written = Path(out) / f"eval-{split}.json"
     if accelerator.is_main_process:
-        media = save_figures(run_dir, {f"{split}/{name.split('/', 1)[-1]}": fig for name, fig in figures.items()})
-        out = run_dir / f"eval-{split}.json"
-        rundir.write_atomic(out, json.dumps({"checkpoint": ckpt.name, "step": checkpoint_step(ckpt), "split": split,
-                                             "metrics": metrics}, indent=2) + "\n")
-        log_evaluation(run_dir, cfg, split=split, ckpt=ckpt, metrics=metrics, media=media)   # a linked W&B run
-    return metrics, run_dir / f"eval-{split}.json"
+        media = save_figures(out, {f"{split}/{name.split('/', 1)[-1]}": fig for name, fig in figures.items()})
+        rundir.write_atomic(written, json.dumps({"checkpoint": ckpt.name, "step": checkpoint_step(ckpt),
+                                                 "split": split, "metrics": metrics}, indent=2) + "\n")
+        log_evaluation(run_dir, cfg, split=split, ckpt=ckpt, metrics=metrics, media=media, out_dir=Path(out),
+                       artifact=fetched)   # a linked W&B run
+    return metrics, written

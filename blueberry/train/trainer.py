@@ -32,13 +32,14 @@ from blueberry.train.checkpoint.formats import read_trainer_state
 from blueberry.train.checkpoint.manager import Checkpointer
 from blueberry.train.figures import save_figures
 from blueberry.train.progress import progress
-from blueberry.train.tracking import Tracker, choose_mode, notice, sweep_asked_to_stop
+from blueberry.train.stopping import stop_or_preempt, sweep_asked_to_stop
+from blueberry.train.tracking import Tracker, choose_mode, choose_run_id, notice
 
 
 
 class PreemptSignal:
     """Turns SIGUSR1 / SIGTERM / SIGINT into a flag the loop checks after each optimizer step; a second
-    Ctrl-C interrupts at once."""
+    Ctrl-C interrupts at once. Once every rank agreed to stop, `outcome` says how the run ends."""
 
     SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
@@ -96,6 +97,18 @@ class PreemptSignal:
         work.wait()
         self.stop_requested = flag.item() >= 2
         return bool(flag.item())
+
+    def outcome(self, accelerator, told_to_stop) -> str:
+        """"interrupted" (Ctrl-C), "stopped" (a sweep's or W&B's stop: exit 0) or "preempted" (exit 75, W&B
+        told to re-queue it), decided on the main process by stopping.stop_or_preempt (only it can ask W&B,
+        `told_to_stop`) and the same on every rank."""
+        decided = [None]
+        if accelerator.is_main_process:
+            decided[0] = ("interrupted" if self.received == signal.SIGINT else
+                          stop_or_preempt(self.received, self.stop_requested, told_to_stop))
+        if accelerator.num_processes > 1:
+            broadcast_object_list(decided)
+        return decided[0]
 
     def settle(self) -> None:
         """Wait for the last flag all-reduce, so no collective is left in flight after the loop."""
@@ -359,7 +372,6 @@ class _Loop:
         self.change_log: list[dict] = []             # every such change over the run's resumes
         self.preempt = PreemptSignal()
         self.wall_base, self.t0 = state.wall_time, time.time()
-        self.wandb_mode = "disabled"
 
     # --- the loop ---------------------------------------------------------------------------
     def run(self, resumed: bool) -> int:
@@ -404,12 +416,9 @@ class _Loop:
                     self.status = "early_stopped"
                     break
                 if self.preempt.any_rank(acc):
-                    interrupted = self.preempt.received == signal.SIGINT
-                    self.status = "interrupted" if interrupted else "preempted"
-                    exit_code = EXIT_INTERRUPTED if interrupted else EXIT_PREEMPTED
-                    if self.preempt.stop_requested:   # a sweep's stop (hyperband, W&B's Stop): not a failure
-                        self.status, exit_code = "stopped", 0
-                    elif exit_code == EXIT_PREEMPTED:
+                    self.status = self.preempt.outcome(acc, self.tracker.told_to_stop)
+                    exit_code = {"interrupted": EXIT_INTERRUPTED, "preempted": EXIT_PREEMPTED}.get(self.status, 0)
+                    if self.status == "preempted":
                         self.tracker.mark_preempting()   # W&B's sweep re-queues the trial; it resumes
                     break
             else:
@@ -538,8 +547,6 @@ class _Loop:
     def _save(self, best: bool = False) -> None:
         if not self._weights_finite():   # a non-finite state is never saved, so it never rotates out a good one
             raise Diverged(self.state.step, "a weight is not finite")
-        if self.acc.is_main_process:
-            self.tracker.wait_ready()   # the checkpoint must carry the W&B run id that a resume continues
         self.state.wall_time = self._wall_time()
         self.checkpoints.save(self.state.step, best=best)
 
@@ -557,16 +564,22 @@ class _Loop:
 
     # --- tracking ------------------------------------------------------------------------------
     def _start_tracking(self, resumed: bool) -> None:
-        """metrics.jsonl now; W&B starts in the background (tracking.Tracker) and reports in _wandb_ready."""
+        """metrics.jsonl now; W&B starts in the background (tracking.Tracker) and reports in _wandb_ready.
+        The W&B run id is chosen first (tracking.choose_run_id), so every checkpoint carries it without
+        waiting for W&B."""
         cfg, state = self.cfg, self.state
         mode = choose_mode(cfg.wandb_mode) if self.acc.is_main_process else "disabled"
+        run_id, resume, continues = None, False, None
+        if mode != "disabled":
+            previous = rundir.read_summary(self.run_dir) if resumed else {}   # before this process rewrites it
+            run_id, resume, continues = choose_run_id(state.wandb_id if resumed else None, state.step, previous)
+            state.wandb_id = run_id
         self.tracker.start(cfg.to_dict(), mode=mode, project=cfg.wandb_project, entity=cfg.wandb_entity,
-                           group=cfg.wandb_group, tags=cfg.tags, run_id=state.wandb_id if resumed else None,
+                           group=cfg.wandb_group, tags=cfg.tags, run_id=run_id, resume=resume, continues=continues,
                            system_metrics=cfg.wandb_system_metrics, console=cfg.wandb_console,
                            log_model=cfg.wandb_log_model, on_ready=self._wandb_ready,
                            on_stop=self.preempt.request_stop)
         if self.acc.is_main_process:
-            self.wandb_mode = self.tracker.mode
             notice(f"run dir {self.run_dir}; params total {self.params['total']:,}"
                    + (f", active {self.params['active']:,}" if self.params.get("active") != self.params["total"] else ""))
             self.tracker.summary({f"params/{k}": v for k, v in self.params.items()}
@@ -574,9 +587,9 @@ class _Loop:
             self._write_summary()
 
     def _wandb_ready(self, tracker) -> None:
-        """Called from W&B's init thread once it is up (or gave up): later checkpoints carry the id."""
+        """Called from W&B's init thread once it is up (or gave up). W&B keeps the id chosen up front; should
+        it not (an id W&B assigns itself), later checkpoints carry W&B's."""
         self.state.wandb_id = tracker.wandb_id or self.state.wandb_id
-        self.wandb_mode = tracker.mode
         notice(f"W&B {tracker.mode}" + (f": {tracker.wandb_run.url}" if tracker.mode == "online" else ""))
 
     def _write_summary(self) -> None:
@@ -593,8 +606,7 @@ class _Loop:
             "params": self.params, "data": self.data.stats, "unit": self.data.unit,
             f"{self.data.unit}_seen": state.items_seen,
             "epochs": self.data.epochs_at(state.micro_batches),
-            "wandb": {"id": state.wandb_id, "mode": self.wandb_mode, "dir": self.tracker.wandb_dir,
-                      "group": self.tracker.group},
+            "wandb": self.tracker.record(),
             "checkpoints": self.checkpoints.stats(),
         }
         if self.reason:
