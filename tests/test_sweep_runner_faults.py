@@ -117,6 +117,7 @@ def test_sweep_agent_passes_the_limit_as_wandb_agent_reads_it():
     ctx = wandb_agent_command.make_context("agent", argv[2:])   # W&B's own option parsing
     assert (ctx.params["sweep_id"], ctx.params["count"], ctx.params["max_consecutive_failed_runs"]) == \
         ("me/proj/abc123", 2, 4)
+    assert ctx.params["forward_signals"]   # the trial is in a group of its own: only the agent reaches it
 
 
 def _feed(guard: FailureGuard, ends: list[tuple[str, float]]) -> list[str | None]:

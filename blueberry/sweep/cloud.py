@@ -37,15 +37,17 @@ def create(config: dict[str, Any], sweep_file: str, *, project: str | None, enti
 
 
 def agent_argv(sweep_id: str, count: int | None, max_consecutive_failures: int | None = None) -> list[str]:
-    """The `wandb agent` command line."""
+    """The `wandb agent` command line. --forward-signals: the agent starts each trial in a process group
+    of its own (wandb 0.31), so only the agent can pass our SIGTERM/SIGUSR1/Ctrl-C on to the trial."""
     wandb_cli = shutil.which("wandb") or os.path.join(os.path.dirname(sys.executable), "wandb")
-    return [wandb_cli, "agent", *(["--count", str(count)] if count else []),
+    return [wandb_cli, "agent", "--forward-signals", *(["--count", str(count)] if count else []),
             *(["--max-consecutive-failed-runs", str(max_consecutive_failures)] if max_consecutive_failures else []),
             sweep_id]
 
 
 def agent(sweep_id: str, count: int | None, max_consecutive_failures: int | None = None) -> int:
-    """`wandb agent` in its own process group; our signals go to the whole group (agent and trial)."""
+    """`wandb agent` in its own process group; our signals go to that group, and the agent forwards them
+    to the trial (in its own group)."""
     _require_server("agent")
     process = subprocess.Popen(agent_argv(sweep_id, count, max_consecutive_failures), start_new_session=True)
 
