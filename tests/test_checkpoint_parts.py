@@ -319,3 +319,75 @@ def test_consolidate_writes_one_file_of_the_dcp_weights_and_lists_it(tmp_path):
     fresh = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
     load_model_weights(fresh, ckpt)
     assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), model.parameters()))
+
+
+def test_exchange_swaps_two_folders_in_one_step(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    (a / "x").write_text("from a")
+    (b / "x").write_text("from b")
+    assert layout._exchange(a, b)                       # this kernel and libc have renameat2
+    assert (a / "x").read_text() == "from b" and (b / "x").read_text() == "from a"
+    assert not layout._exchange(a, tmp_path / "missing")   # the call fails: publish falls back
+    assert layout.checkpoint_step(layout.step_dir(tmp_path, 12)) == 12
+    assert layout.checkpoint_step(tmp_path / "best") is None and layout.checkpoint_step(a) is None
+
+
+def test_every_way_pick_can_refuse_or_fall_back(tmp_path, capsys):
+    from blueberry.errors import UserError
+    from blueberry.train.checkpoint.pick import (find_resume_checkpoint, newest_intact, pick, pick_path,
+                                                 resolve_resume)
+
+    run = tmp_path / "r-20260101_000000"
+    (run / rundir.CHECKPOINTS).mkdir(parents=True)
+    with pytest.raises(UserError) as e:
+        pick(run, "latest")
+    assert str(e.value) == f"checkpoint=latest: {run} has no intact checkpoint"
+    with pytest.raises(FileNotFoundError):
+        resolve_resume(run)
+    with pytest.raises(UserError) as e:
+        find_resume_checkpoint(str(run), str(tmp_path), "r")
+    assert str(e.value) == (f"resume={run}: no checkpoint there (no checkpoints/step-*); give a run dir with "
+                            "checkpoints/step-*, a checkpoint dir, or auto")
+    for step in (1, 2, 3):
+        _folder(run, step, {"model.safetensors": b"w" * 10, "optimizer.bin": b"o" * 10})
+    # no best (save_best=false): said, and the newest intact is used
+    assert pick(run, "best") == layout.step_dir(run, 3)
+    assert f"{run} has no best checkpoint (save_best=false?); using the newest intact one" in capsys.readouterr().err
+    assert pick(run, "latest") == layout.step_dir(run, 3) and capsys.readouterr().err == ""
+    # the newest two damaged: newest_intact skips each, saying why, in order
+    for step in (2, 3):
+        (layout.step_dir(run, step) / "model.safetensors").write_bytes(b"x" * 10)
+    found, problems = newest_intact(run)
+    assert found == layout.step_dir(run, 1) and len(problems) == 2
+    assert problems[0].startswith(str(layout.step_dir(run, 3))) and problems[1].startswith(str(layout.step_dir(run, 2)))
+    found, problems = newest_intact(run, skip=layout.step_dir(run, 3))
+    assert found == layout.step_dir(run, 1) and len(problems) == 1      # the skipped one is not judged
+    assert pick_path(run, "best") == layout.step_dir(run, 1)
+    capsys.readouterr()
+    (layout.step_dir(run, 1) / "model.safetensors").write_bytes(b"x" * 10)
+    with pytest.raises(UserError) as e:
+        pick(run, "latest")
+    assert str(e.value) == f"checkpoint=latest: {run} has no intact checkpoint (see above)"
+    with pytest.raises(UserError) as e:
+        find_resume_checkpoint(str(run), str(tmp_path), "r")
+    assert "no checkpoint there (none is intact, see above)" in str(e.value)
+    with pytest.raises(UserError) as e:
+        find_resume_checkpoint("auto", str(tmp_path), "r")
+    assert str(e.value).startswith(f"resume=auto: {run} has no intact checkpoint (see above); start a new run")
+    with pytest.raises(UserError) as e:
+        find_resume_checkpoint(str(tmp_path / "nope"), str(tmp_path), "r")
+    assert "no checkpoint there (no such folder)" in str(e.value)
+    # a folder named by the user: must hold weights; only its weights are checked for evaluate
+    with pytest.raises(UserError) as e:
+        pick(run, str(tmp_path))
+    assert str(e.value) == f"checkpoint={tmp_path}: no model.safetensors there; use best, latest or a checkpoint dir"
+    sharded = _folder(tmp_path / "s", 5, {"dcp/__0_0.distcp": b"d", "optimizer.bin": b"o"})
+    (sharded / "optimizer.bin").write_bytes(b"x")
+    assert pick(tmp_path / "s", str(sharded)) == sharded                # damage outside the weights: fine here
+    with pytest.raises(UserError, match="resume the run dir"):           # ...but not for a resume
+        find_resume_checkpoint(str(sharded), str(tmp_path), "s")
+    assert pick_path(sharded) == sharded
+    # a run dir resumed by name finds its newest intact checkpoint; a checkpoint dir named is itself
+    assert resolve_resume(sharded)[1] == sharded.resolve()
+    assert find_resume_checkpoint("auto", str(tmp_path), "nobody") is None

@@ -55,7 +55,8 @@ def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("fsdp")
     made = {}
     for name, config, args in [
-        ("fsdp_adamw", "fsdp-cpu-2proc.yaml", ["--grad_accum=2", "--optimizer=adamw"]),
+        ("fsdp_adamw", "fsdp-cpu-2proc.yaml", ["--grad_accum=2", "--optimizer=adamw", "--save_every=10",
+                                               "--async_save=true"]),
         ("ddp_adamw", "cpu-2proc.yaml", ["--grad_accum=2", "--optimizer=adamw"]),
         ("one_adamw", None, ["--grad_accum=4", "--optimizer=adamw"]),
         ("fsdp_muon", "fsdp-cpu-2proc.yaml", ["--grad_accum=2", "--optimizer=muon", "--save_every=10"]),
@@ -181,6 +182,17 @@ def test_sharded_checkpoints_resume_exactly_on_2_ranks_and_on_1_process(runs, tm
     assert res.returncode == 2 and res.stderr.strip().endswith(f"{shard}: {shard.stat().st_size} bytes, "
                                                                f"{shard.stat().st_size + 7} were written "
                                                                "(truncated or damaged)"), res.stderr
+
+
+def test_async_fsdp_checkpoints_resume_in_one_process(runs, tmp_path):
+    """FSDP2 with async_save: each rank's DTensor shards written by the background writer as one DCP
+    checkpoint (dcp/), resumed by one process: steps 11-20 as the uninterrupted 2-rank run."""
+    fsdp = runs["fsdp_adamw"]
+    step10 = fsdp / rundir.CHECKPOINTS / "step-0000010"
+    assert (step10 / "dcp").is_dir() and not (step10 / "pytorch_model_fsdp_0").exists()
+    assert len(list((step10 / "dcp").glob("*.distcp"))) == 2 and rundir.read_summary(fsdp)["checkpoints"]["async"]
+    one = resume_copy(fsdp, tmp_path / "one", None)
+    assert max_gap(curve(one, "train/loss"), curve(fsdp, "train/loss")) < TOLERANCE
 
 
 def test_memory_command_estimates_per_rank_state(cli):
