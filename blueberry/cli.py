@@ -598,6 +598,31 @@ def report_paths(paths, out_dir, metric, wandb_project, sweep_id, group, per_run
     print_report(result)
 
 
+@report.command(name="transfer")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(), metavar="SWEEP_DIR...")
+@click.option("--target", type=click.FloatRange(min=0, min_open=True), default=None, metavar="WIDTH",
+              help="Predict the best LR at this width (with its 95% interval), e.g. 1024.")
+@click.option("--width-field", "width_field", default="d_model", show_default=True, metavar="FIELD",
+              help="The config field that is the width.")
+@click.option("--metric", default=None, metavar="NAME",
+              help="Metric to fit. Default: the sweep's metric, else the runs' own (val/loss).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for transfer.json, transfer.html and plots/transfer.png. Default: SWEEP_DIR/report.")
+def report_transfer(paths, target, width_field, metric, out_dir):
+    """Does the best LR move with width? For a sweep over width x log-spaced LR x seeds: each width's lr*
+    (a quadratic in log LR near its best, bootstrap interval) and near-optimal band (noise verdicts),
+    then log lr* = a + b log(width) with b's 95% interval, the verdict (shift-free, SP-like or
+    unclear), each width's best loss, and the LR predicted at --target."""
+    from blueberry.report.build import build_transfer_report, print_transfer
+    from blueberry.rundir import ensure_writable_dir
+
+    if out_dir:
+        ensure_writable_dir(out_dir, "--out")
+    fit, files = build_transfer_report(list(paths), out_dir, metric, target, width_field)
+    print_transfer(fit)
+    click.echo(f"transfer report written to {files['html']}; beside it: {files['json'].name}, plots/{files['png'].name}")
+
+
 @report.command(name="wandb-report")
 @click.option("--project", default=None, metavar="NAME",
               help="W&B project. Default: the --sweep-file's project:, else blueberry (the trainer's).")

@@ -50,8 +50,9 @@ def table(columns: list[str], rows: list[dict[str, Any]], left: tuple[str, ...] 
 
 
 def write_html(path: Path, analysis: Analysis, figures: dict[str, Path], run_figures: dict[str, Path], *,
-               title: str, sources: list[str], skipped: list[str] = ()) -> Path:
-    """Write the report page; `figures` are comparison PNGs (shown in order), `run_figures` per run name."""
+               title: str, sources: list[str], skipped: list[str] = (), sections: list[str] = ()) -> Path:
+    """Write the report page; `figures` are comparison PNGs (shown in order), `run_figures` per run name,
+    `sections` further HTML sections (the transfer study) after the learning-rate one."""
     a, spec = analysis, analysis.metric
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>",
              f"<style>{CSS}</style></head><body>",
@@ -99,6 +100,7 @@ def write_html(path: Path, analysis: Analysis, figures: dict[str, Path], run_fig
                          + "".join(f"<br><span class='note'>{esc(n)}</span>" for n in rec.notes) + "</li>")
         parts.append("</ul>")
 
+    parts += list(sections)
     if figures:
         parts.append("<h2>Comparison</h2>")
         parts += [image(p, name) for name, p in figures.items()]
@@ -114,7 +116,46 @@ def write_html(path: Path, analysis: Analysis, figures: dict[str, Path], run_fig
     if skipped:
         parts.append("<h2>Skipped</h2><ul>" + "".join(f"<li>{esc(s)}</li>" for s in skipped) + "</ul>")
     parts.append("</body></html>")
+    return _write_page(path, parts)
+
+
+def _write_page(path: Path, parts: list[str]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rundir.write_atomic(path, "\n".join(parts))
     return path
+
+
+def write_transfer_html(path: Path, fit, figure: Path | None, *, title: str, sources: list[str]) -> Path:
+    """A page of its own for `blueberry report transfer`."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>",
+             f"<style>{CSS}</style></head><body>", f"<h1>{esc(title)}</h1>",
+             f"<p class='muted'>{sum(w.n_runs for w in fit.widths)} runs from {esc(', '.join(sources))}; built "
+             f"{esc(time.strftime('%Y-%m-%d %H:%M'))}. Metric <code>{esc(fit.metric)}</code> "
+             f"({'lower' if fit.mode == 'min' else 'higher'} is better), the best of each run.</p>",
+             transfer_section(fit, figure), "</body></html>"]
+    return _write_page(path, parts)
+
+
+def transfer_section(fit, figure: Path | None) -> str:
+    """The transfer study (report/transfer.py) as HTML: verdict, b, prediction, the per-width table."""
+    parts = ["<h2>Learning rate across width</h2>",
+             f"<p><b>{esc(fit.verdict)}</b>: log lr* = a + b log({esc(fit.width_field)}), "
+             + (f"b = <b>{cell(fit.b)}</b>" if fit.b is not None else "no b (one width)")
+             + (f", 95% interval {esc(interval(fit.b_low, fit.b_high))}" if fit.b_low is not None else "")
+             + " (sp's LR falls as 1/width for AdamW: b &asymp; -1; a transferring LR: b &asymp; 0)."
+             + (f" Predicted {esc(fit.lr_field)}* at {esc(fmt(fit.prediction.width))}: <b>{cell(fit.prediction.lr)}</b>"
+                + (f" {esc(interval(fit.prediction.low, fit.prediction.high))}" if fit.prediction.low is not None else "")
+                if fit.prediction else "") + "</p>"]
+    rows = [{fit.width_field: w.width, "runs": w.n_runs, "best grid LR": w.best_lr, "best " + fit.metric: w.best_loss,
+             "95% CI": interval(w.best_loss_low, w.best_loss_high), "lr*": w.lr_star,
+             "lr* 95% CI": interval(w.lr_low, w.lr_high), "within noise of the best": ", ".join(fmt(x) for x in w.band),
+             "notes": "; ".join(w.notes)} for w in fit.widths]
+    columns = list(rows[0]) if rows else []
+    parts.append(table(columns, rows, left=("95% CI", "lr* 95% CI", "within noise of the best", "notes")))
+    parts.append("<p class='muted'>Each width's best loss is shown beside its lr*: a parametrization can transfer the "
+                 "LR and still reach a worse loss than sp at the same width.</p>")
+    parts += [f"<p class='note'>{esc(n)}</p>" for n in fit.notes]
+    if figure is not None:
+        parts.append(image(figure, "learning rate across width"))
+    return "\n".join(parts)
