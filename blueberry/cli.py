@@ -235,9 +235,9 @@ def memory(preset, config_file, world_size, vocab_size):
 @main.command(help="""Coordinate check of a parametrization: train a few steps at several widths and compare
 each module's mean |activation| with its size at the base width. Exits 0 when every ratio after the
 last step lies in [0.5, 2], else 1 naming the modules. Writes OUT/coords.json and OUT/coords.png.
-Every training field is an option (--param mup, --optimizer muon, --lr ...); widths replace d_model,
-with d_ff and expert_d_ff kept in the config's ratio to it. Defaults over the preset: n_layers 2,
-seq_len 32, batch_size 2.""")
+The model, optimizer and parametrization fields are options (--param mup, --optimizer muon, --lr ...);
+widths replace d_model, with d_ff and expert_d_ff kept in the config's ratio to it. Defaults over the
+preset: n_layers 2, seq_len 32, batch_size 2. The LR is constant (no warmup or schedule).""")
 @click.option("--widths", default=",".join(map(str, (16, 32, 64, 128))), show_default=True,
               help="Comma-separated d_model values to train.")
 @click.option("--base-width", "base_width", type=int, default=32, show_default=True,
@@ -255,14 +255,16 @@ seq_len 32, batch_size 2.""")
 def coords(widths, base_width, steps, seeds, drop_rules, coords_dir, config_file, **options):
     from blueberry.models.param import RULES
     from blueberry.rundir import ensure_writable_dir
-    from blueberry.transfer.coords import DEFAULTS, check_setup, parse_widths
+    from blueberry.transfer.coords import DEFAULTS, check_options, check_setup, parse_widths
 
     unknown = [r for r in drop_rules if r not in RULES]
     if unknown:
         raise UserError(f"--drop {unknown[0]}: not a rule; rules: {', '.join(RULES)}")
+    cli_values = {k: v for k, v in options.items() if v is not None}
+    check_options(list(cli_values))
     file_values = read_config_file(config_file) if config_file else {}
-    cfg = resolve(TASK_CONFIGS["lm"], file_values={**DEFAULTS, **file_values},
-                  cli_values={k: v for k, v in options.items() if v is not None}, source=config_file or "config")
+    cfg = resolve(TASK_CONFIGS["lm"], file_values={**DEFAULTS, **file_values}, cli_values=cli_values,
+                  source=config_file or "config")
     width_list = parse_widths(widths)
     check_setup(cfg, width_list, base_width, steps, seeds)   # before any training
     ensure_writable_dir(coords_dir, "--out")

@@ -28,6 +28,13 @@ from blueberry.errors import UserError
 BAND = (0.5, 2.0)
 # The check's own defaults, under a preset and over any --config file or option.
 DEFAULTS = {"n_layers": 2, "seq_len": 32, "batch_size": 2}
+# The fields the check reads (the model, the optimizer, the parametrization, the batch); an option
+# for any other field (budget, schedule, data, logging) is refused rather than silently ignored.
+FIELDS = ("preset", "seed", "data_seed", "batch_size", "seq_len", "dropout", "optimizer", "lr", "muon_lr",
+          "muon_momentum", "weight_decay", "beta1", "beta2", "n_layers", "n_heads", "d_ff", "rope_theta", "attention",
+          "mla_kv_rank", "mla_q_rank", "mla_rope_dim", "n_experts", "top_k", "expert_d_ff", "n_shared_experts",
+          "router", "router_renorm", "param", "base_n_layers", "mup_attn_1_over_d", "mup_zero_readout", "lb_weight",
+          "z_loss_weight")
 DEFAULT_WIDTHS = (16, 32, 64, 128)
 DEFAULT_BASE = 32
 VOCAB = 256   # bytes
@@ -97,6 +104,15 @@ def width_config(cfg: Any, width: int, base_width: int) -> Any:
                                expert_d_ff=scaled(cfg.expert_d_ff, width), base_d_model=base_width,
                                base_d_ff=scaled(cfg.d_ff, base_width),
                                base_expert_d_ff=scaled(cfg.expert_d_ff, base_width))
+
+
+def check_options(given: list[str]) -> None:
+    """Refuse options for fields the check does not read (FIELDS), naming the first."""
+    unused = [name for name in given if name not in FIELDS]
+    if unused:
+        hint = {"d_model": "--widths", "base_d_model": "--base-width", "max_steps": "--steps"}.get(unused[0])
+        raise UserError(f"coords: --{unused[0]} does not apply to the coordinate check"
+                        + (f" (use {hint})" if hint else "") + f"; it reads {', '.join(FIELDS)}")
 
 
 def check_setup(cfg: Any, widths: list[int], base_width: int, steps: int, seeds: int) -> list[Any]:
