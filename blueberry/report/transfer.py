@@ -10,9 +10,9 @@ For a sweep over width x log-spaced LR x seeds:
   (nearer muP's 0 than sp's -1 everywhere), SP-like within (-1.5, -0.5), else unclear.
 
 Intervals come from a parametric bootstrap of the seed-paired fits: each replicate redraws every
-run's deviation from its width's fitted curve with the residual std pooled over widths (itself
-redrawn from its chi-square law, so few residual degrees of freedom widen the interval), refits each
-width's lr* and the line. A nonparametric bootstrap over whole seeds would need more seeds than a
+run's deviation from its width's fitted curve with that width's residual std (itself redrawn from
+its chi-square law, so few residual degrees of freedom widen the interval), refits each width's lr*
+and the line. A nonparametric bootstrap over whole seeds would need more seeds than a
 sweep affords: two seeds have three distinct resamples. Lack of fit of the quadratic enters the
 residuals, so an asymmetric loss curve widens the interval rather than biasing it unseen.
 tests/test_transfer_report.py checks the coverage on synthetic sweeps with a known b.
@@ -211,10 +211,13 @@ def _optimum(b1: np.ndarray, b2: np.ndarray, span: tuple[float, float], grid: np
 
 
 def _bootstrap_optima(locals_: list[_Local], var: float, dof: int, rng: np.random.Generator, n: int) -> np.ndarray:
-    """[n, widths] log lr* of the parametric bootstrap (module docstring)."""
-    sigma = np.sqrt(var * dof / rng.chisquare(dof, size=n))
+    """[n, widths] log lr* of the parametric bootstrap (module docstring). Each width's noise is its
+    own residual variance (small models are often noisier than large ones); a width without
+    residual degrees of freedom borrows the pooled one (`var`, `dof`)."""
     out = np.empty((n, len(locals_)))
     for j, lo in enumerate(locals_):
+        own_var, own_dof = (lo.rss / lo.dof, lo.dof) if lo.dof else (var, dof)
+        sigma = np.sqrt(own_var * own_dof / rng.chisquare(own_dof, size=n))
         y = lo.fitted[None, :] + sigma[:, None] * rng.standard_normal((n, len(lo.fitted)))
         coef = y @ lo.pinv.T
         grid_fit = coef[:, [1]] * lo.grid[None, :] + coef[:, [2]] * lo.grid[None, :] ** 2
