@@ -69,15 +69,15 @@ def run_sweep(yaml_path: Path, sweep_dir: Path, overrides: list[str]) -> float:
 
 def analyse(root: Path, corpus: str, study: str) -> dict | None:
     from blueberry.report.load import load_runs
-    from blueberry.report.transfer import transfer_analysis
+    from blueberry.report.transfer import transfer_analyses
 
     main_dir, held_dir = sweep_dirs(root, corpus, study)
     if not (main_dir / "sweep.yaml").exists():
         return None
-    fit = transfer_analysis(load_runs([main_dir]).runs, target=HELDOUT["d_model"])
+    (fit,) = transfer_analyses(load_runs([main_dir]).runs, target=HELDOUT["d_model"])
     out = {"corpus": corpus, "study": study, "fit": fit.to_json()}
     if (held_dir / "sweep.yaml").exists():
-        held = transfer_analysis(load_runs([held_dir]).runs)
+        (held,) = transfer_analyses(load_runs([held_dir]).runs)
         measured = held.widths[0] if held.widths else None
         out["heldout"] = measured.to_json() if measured else None
         if measured and measured.lr_star and fit.prediction:

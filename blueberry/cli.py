@@ -614,15 +614,17 @@ def report_transfer(paths, target, width_field, metric, out_dir):
     """Does the best LR move with width? For a sweep over width x log-spaced LR x seeds: each width's lr*
     (a quadratic in log LR near its best, bootstrap interval) and near-optimal band (noise verdicts),
     then log lr* = a + b log(width) with b's 95% interval, the verdict (shift-free, SP-like or
-    unclear), each width's best loss, and the LR predicted at --target."""
+    unclear), each width's best loss, and the LR predicted at --target. Give two sweeps (sp and mup)
+    to fit each apart and see their best losses side by side."""
     from blueberry.report.build import build_transfer_report, print_transfer
     from blueberry.rundir import ensure_writable_dir
 
     if out_dir:
         ensure_writable_dir(out_dir, "--out")
-    fit, files = build_transfer_report(list(paths), out_dir, metric, target, width_field)
-    print_transfer(fit)
-    click.echo(f"transfer report written to {files['html']}; beside it: {files['json'].name}, plots/{files['png'].name}")
+    fits, files = build_transfer_report(list(paths), out_dir, metric, target, width_field)
+    print_transfer(fits)
+    click.echo(f"transfer report written to {files['html']}; beside it: {files['json'].name}, "
+               + ", ".join(f"plots/{p.name}" for p in files["png"]))
 
 
 @report.command(name="wandb-report")

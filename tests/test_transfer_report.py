@@ -116,11 +116,13 @@ def test_the_95_percent_interval_of_b_covers_the_true_slope_in_200_synthetic_swe
 
 # --- from run dirs ----------------------------------------------------------------------------------
 
-def transfer_sweep(root, b: float, lr_field: str = "lr", widths=(32, 64, 128)):
-    """A `sweep local` dir whose runs end at the losses of curve_points (best = last value)."""
+def transfer_sweep(root, b: float, lr_field: str = "lr", widths=(32, 64, 128), worse: float = 0.0, **fields):
+    """A `sweep local` dir whose runs end at the losses of curve_points (best = last value), `worse`
+    added to every loss."""
     trials = []
     for w, lr, s, loss in curve_points(widths, b=b, k=0.3, noise=0.004, rng=np.random.default_rng(0)):
-        params = {"d_model": w, "expert_d_ff": 2 * w, lr_field: lr, "seed": s}
+        loss += worse
+        params = {"d_model": w, "expert_d_ff": 2 * w, lr_field: lr, "seed": s, **fields}
         if lr_field == "muon_lr":
             params["optimizer"] = "muon"
         trials.append({"params": params, "val": {0: 6.0, 50: loss + 0.5, 100: loss}})
@@ -132,7 +134,7 @@ def test_report_transfer_command_writes_the_fit_the_figure_and_a_page(cli):
     res = cli("report", "transfer", str(sweep), "--target", "256")
     assert res.returncode == 0, res.stderr
     out = sweep / "report"
-    data = json.loads((out / "transfer.json").read_text())
+    (data,) = json.loads((out / "transfer.json").read_text())
     assert data["lr_field"] == "lr" and data["width_field"] == "d_model" and data["metric"] == "val/loss_best"
     assert data["b_low"] < -1.0 < data["b_high"] and data["verdict"] == "SP-like"
     assert data["prediction"]["low"] < 0.001 < data["prediction"]["high"]
@@ -150,12 +152,33 @@ def test_the_sweep_report_has_a_transfer_section_and_table_json_key(cli):
     res = cli("report", str(sweep), "--no-per-run-figures")
     assert res.returncode == 0, res.stderr
     table = json.loads((sweep / "report" / "table.json").read_text())
-    assert table["transfer"]["lr_field"] == "muon_lr" and table["transfer"]["verdict"] == "shift-free"
-    assert json.loads((sweep / "report" / "summary.json").read_text())["transfer"]["b"] == table["transfer"]["b"]
+    (fit,) = table["transfer"]
+    assert fit["lr_field"] == "muon_lr" and fit["verdict"] == "shift-free" and fit["series"] == {}
+    assert json.loads((sweep / "report" / "summary.json").read_text())["transfer"][0]["b"] == fit["b"]
     assert "Learning rate across width" in (sweep / "report" / "report.html").read_text()
     plain = make_sweep(cli.cwd / "plain", trials=[{"params": {"lr": lr, "seed": 0}} for lr in LRS[:3]])
     assert cli("report", str(plain), "--no-per-run-figures").returncode == 0
     assert "transfer" not in json.loads((plain / "report" / "table.json").read_text())
+
+
+def test_two_sweeps_are_fitted_apart_and_their_best_losses_shown_side_by_side(cli):
+    """sp's optimum falls with width, mup's stays, and mup reaches a worse loss at every width: the
+    report must show both (muP can transfer the LR and still lose to sp)."""
+    sp = transfer_sweep(cli.cwd / "sp", b=-1.0, param="sp")
+    mup = transfer_sweep(cli.cwd / "mup", b=0.0, param="mup", base_d_model=32, worse=0.05)
+    res = cli("report", "transfer", str(sp), str(mup), "--out", "both", "--target", "256")
+    assert res.returncode == 0, res.stderr
+    fits = {json.dumps(f["series"], sort_keys=True): f for f in json.loads((cli.cwd / "both" / "transfer.json").read_text())}
+    assert set(fits) == {'{"base_d_model": 0, "param": "sp"}', '{"base_d_model": 32, "param": "mup"}'}
+    sp_fit, mup_fit = fits['{"base_d_model": 0, "param": "sp"}'], fits['{"base_d_model": 32, "param": "mup"}']
+    assert (sp_fit["verdict"], mup_fit["verdict"]) == ("SP-like", "shift-free")
+    assert [w["n_runs"] for w in sp_fit["widths"]] == [14, 14, 14]          # expert_d_ff follows the width: no split
+    assert all(m["best_loss"] > s["best_loss"] for s, m in zip(sp_fit["widths"], mup_fit["widths"]))
+    assert "best val/loss_best per d_model" in res.stdout
+    page = (cli.cwd / "both" / "transfer.html").read_text()
+    assert page.count("<h3>") == 3 and "param=mup" in page
+    assert sorted(p.name for p in (cli.cwd / "both" / "plots").iterdir()) == [
+        "transfer-param_mup_base_d_model_32.png", "transfer-param_sp_base_d_model_0.png"]
 
 
 def test_report_transfer_refuses_runs_without_an_lr_sweep(cli):

@@ -126,36 +126,53 @@ def _write_page(path: Path, parts: list[str]) -> Path:
     return path
 
 
-def write_transfer_html(path: Path, fit, figure: Path | None, *, title: str, sources: list[str]) -> Path:
+def write_transfer_html(path: Path, fits: list, figures: list[Path], *, title: str, sources: list[str]) -> Path:
     """A page of its own for `blueberry report transfer`."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>",
              f"<style>{CSS}</style></head><body>", f"<h1>{esc(title)}</h1>",
-             f"<p class='muted'>{sum(w.n_runs for w in fit.widths)} runs from {esc(', '.join(sources))}; built "
-             f"{esc(time.strftime('%Y-%m-%d %H:%M'))}. Metric <code>{esc(fit.metric)}</code> "
-             f"({'lower' if fit.mode == 'min' else 'higher'} is better), the best of each run.</p>",
-             transfer_section(fit, figure), "</body></html>"]
+             f"<p class='muted'>{sum(w.n_runs for f in fits for w in f.widths)} runs from {esc(', '.join(sources))}; "
+             f"built {esc(time.strftime('%Y-%m-%d %H:%M'))}. Metric <code>{esc(fits[0].metric)}</code> "
+             f"({'lower' if fits[0].mode == 'min' else 'higher'} is better), the best of each run.</p>",
+             transfer_section(fits, figures), "</body></html>"]
     return _write_page(path, parts)
 
 
-def transfer_section(fit, figure: Path | None) -> str:
-    """The transfer study (report/transfer.py) as HTML: verdict, b, prediction, the per-width table."""
+def transfer_section(fits: list, figures: list[Path]) -> str:
+    """The transfer study (report/transfer.py) as HTML: per series the verdict, b, the prediction, the
+    per-width table and the figure; with several series, each width's best loss side by side."""
     parts = ["<h2>Learning rate across width</h2>",
-             f"<p><b>{esc(fit.verdict)}</b>: log lr* = a + b log({esc(fit.width_field)}), "
-             + (f"b = <b>{cell(fit.b)}</b>" if fit.b is not None else "no b (one width)")
-             + (f", 95% interval {esc(interval(fit.b_low, fit.b_high))}" if fit.b_low is not None else "")
-             + " (sp's LR falls as 1/width for AdamW: b &asymp; -1; a transferring LR: b &asymp; 0)."
-             + (f" Predicted {esc(fit.lr_field)}* at {esc(fmt(fit.prediction.width))}: <b>{cell(fit.prediction.lr)}</b>"
-                + (f" {esc(interval(fit.prediction.low, fit.prediction.high))}" if fit.prediction.low is not None else "")
-                if fit.prediction else "") + "</p>"]
-    rows = [{fit.width_field: w.width, "runs": w.n_runs, "best grid LR": w.best_lr, "best " + fit.metric: w.best_loss,
-             "95% CI": interval(w.best_loss_low, w.best_loss_high), "lr*": w.lr_star,
-             "lr* 95% CI": interval(w.lr_low, w.lr_high), "within noise of the best": ", ".join(fmt(x) for x in w.band),
-             "notes": "; ".join(w.notes)} for w in fit.widths]
-    columns = list(rows[0]) if rows else []
-    parts.append(table(columns, rows, left=("95% CI", "lr* 95% CI", "within noise of the best", "notes")))
-    parts.append("<p class='muted'>Each width's best loss is shown beside its lr*: a parametrization can transfer the "
-                 "LR and still reach a worse loss than sp at the same width.</p>")
-    parts += [f"<p class='note'>{esc(n)}</p>" for n in fit.notes]
-    if figure is not None:
-        parts.append(image(figure, "learning rate across width"))
+             "<p class='muted'>log lr* = a + b log(width): sp's AdamW LR falls as 1/width (b &asymp; -1); a LR that "
+             "transfers stays put (b &asymp; 0). Each width's best loss is shown beside its lr*: a parametrization "
+             "can transfer the LR and still reach a worse loss than sp at the same width.</p>"]
+    for fit, figure in zip(fits, figures):
+        if len(fits) > 1:
+            parts.append(f"<h3>{esc(fit.label)}</h3>")
+        parts.append(
+            f"<p><b>{esc(fit.verdict)}</b>: " + (f"b = <b>{cell(fit.b)}</b>" if fit.b is not None else "no b (one width)")
+            + (f", 95% interval {esc(interval(fit.b_low, fit.b_high))}" if fit.b_low is not None else "")
+            + (f". Predicted {esc(fit.lr_field)}* at {esc(fit.width_field)} {esc(fmt(fit.prediction.width))}: "
+               f"<b>{cell(fit.prediction.lr)}</b>"
+               + (f" {esc(interval(fit.prediction.low, fit.prediction.high))}" if fit.prediction.low is not None else "")
+               if fit.prediction else "") + "</p>")
+        rows = [{fit.width_field: w.width, "runs": w.n_runs, "best grid LR": w.best_lr, "best " + fit.metric: w.best_loss,
+                 "95% CI": interval(w.best_loss_low, w.best_loss_high), "lr*": w.lr_star,
+                 "lr* 95% CI": interval(w.lr_low, w.lr_high), "within noise of the best": ", ".join(fmt(x) for x in w.band),
+                 "notes": "; ".join(w.notes)} for w in fit.widths]
+        parts.append(table(list(rows[0]) if rows else [], rows,
+                           left=("95% CI", "lr* 95% CI", "within noise of the best", "notes")))
+        parts += [f"<p class='note'>{esc(n)}</p>" for n in fit.notes]
+        if figure is not None:
+            parts.append(image(figure, f"learning rate across width: {fit.label}"))
+    if len(fits) > 1:
+        widths = sorted({w.width for fit in fits for w in fit.widths})
+        rows = []
+        for width in widths:
+            row = {fits[0].width_field: width}
+            for fit in fits:
+                w = next((w for w in fit.widths if w.width == width), None)
+                row[fit.label] = (f"{w.best_loss:.4g} {interval(w.best_loss_low, w.best_loss_high)} at {fmt(w.best_lr)}"
+                                  if w else "")
+            rows.append(row)
+        parts.append(f"<h3>best {esc(fits[0].metric)} per width</h3>")
+        parts.append(table(list(rows[0]), rows, left=tuple(f.label for f in fits)))
     return "\n".join(parts)

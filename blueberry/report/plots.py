@@ -253,8 +253,8 @@ def transfer_figure(fit, path: Path) -> Path:
         if len(w.band) >= 2:
             a_lr.axvspan(min(w.band), max(w.band), color=color, alpha=0.08)
     a_lr.set_xscale("log")
-    _titled(a_lr, f"{fit.metric} vs {fit.lr_field} per width (★ best grid LR, dashed: lr*, shaded: within noise)",
-            fit.lr_field, fit.metric)
+    _titled(a_lr, (f"{fit.label}: " if fit.series else "") + f"{fit.metric} vs {fit.lr_field} per width "
+            "(★ best grid LR, dashed: lr*, shaded: within noise)", fit.lr_field, fit.metric)
     _legend(a_lr, len(fit.widths))
     fitted = [w for w in fit.widths if w.lr_star]
     for i, w in enumerate(fit.widths):

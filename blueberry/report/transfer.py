@@ -17,7 +17,7 @@ sweep affords: two seeds have three distinct resamples. Lack of fit of the quadr
 residuals, so an asymmetric loss curve widens the interval rather than biasing it unseen.
 tests/test_transfer_report.py checks the coverage on synthetic sweeps with a known b.
 
-Pure numpy in the fit (`fit_transfer`); `transfer_analysis` reads runs through report/analyse.py.
+Pure numpy in the fit (`fit_transfer`); `transfer_analyses` reads runs through report/analyse.py.
 """
 
 from __future__ import annotations
@@ -77,16 +77,24 @@ class TransferFit:
     residual_std: float | None = None  # pooled std of the runs around their width's quadratic
     residual_dof: int = 0
     notes: list[str] = field(default_factory=list)
-    # filled by transfer_analysis
+    # filled by transfer_analyses
+    series: dict[str, Any] = field(default_factory=dict)   # the other fields that set this fit apart
     lr_field: str = "lr"
     width_field: str = WIDTH_FIELD
     metric: str = ""
     mode: str = "min"
 
+    @property
+    def label(self) -> str:
+        from blueberry.report.analyse import label
+
+        return label(self.series, list(self.series)) if self.series else "all runs"
+
     def to_json(self) -> dict[str, Any]:
         from blueberry.report.analyse import clean
 
         out = asdict(self)
+        out["label"] = self.label
         out["widths"] = [w.to_json() for w in self.widths]
         out["method"] = __doc__.split("\n\n")[2].replace("\n", " ")
         return clean(out)
@@ -255,15 +263,17 @@ def applies(analysis, width_field: str = WIDTH_FIELD) -> bool:
     return width_field in analysis.fields and len({rec.param for rec in analysis.lr}) == 1
 
 
-def transfer_analysis(runs: list, metric: str | None = None, sweep_metric: str | None = None,
+def transfer_analyses(runs: list, metric: str | None = None, sweep_metric: str | None = None,
                       sweep_goal: str | None = None, target: float | None = None,
-                      width_field: str = WIDTH_FIELD, analysis=None) -> TransferFit:
-    """The fit over report Runs: each run's ranked value (report/analyse.py: the best of the metric
-    over the run), grouped by `width_field` and the LR field that varies; near-optimal bands from
-    the report's noise verdicts (`analysis`: the report's own, when already made). UserError when
-    the runs do not vary an LR."""
+                      width_field: str = WIDTH_FIELD, analysis=None) -> list[TransferFit]:
+    """The fit over report Runs, one per series: runs that differ in other fields than the width,
+    the LR and the seed (e.g. param=sp and param=mup, two sweeps reported together) are fitted
+    apart; a field that follows the width (expert_d_ff scaled with d_model) does not split them.
+    Each run counts with its ranked value (report/analyse.py: the best of the metric over the run);
+    near-optimal bands come from the report's noise verdicts (`analysis`: the report's own, when
+    already made). UserError when the runs do not vary one LR or the width is not a number."""
     from blueberry.errors import UserError
-    from blueberry.report.analyse import analyse, finite
+    from blueberry.report.analyse import analyse, finite, is_identity
 
     analysis = analysis or analyse(runs, metric, sweep_metric, sweep_goal)
     lr_fields = sorted({rec.param for rec in analysis.lr})
@@ -273,27 +283,47 @@ def transfer_analysis(runs: list, metric: str | None = None, sweep_metric: str |
     if len(lr_fields) > 1:
         raise UserError(f"report transfer: the runs vary {' and '.join(lr_fields)}; a transfer study sweeps one LR")
     lr_field = lr_fields[0]
-    widths_seen = {r.config.get(width_field) for r in runs}
-    if not all(finite(w) for w in widths_seen):
+    if not all(finite(r.config.get(width_field)) for r in runs):
         raise UserError(f"report transfer: --width-field {width_field}: not a number in every run's config")
-    points = [(r.config[width_field], r.config[lr_field], r.config.get("seed"),
-               analysis.stats[r.name].value if analysis.stats[r.name].value is not None else math.nan)
-              for r in runs if finite(r.config.get(lr_field))
-              and (lr_field != "muon_lr" or r.config.get("optimizer") == "muon")]
-    fit = fit_transfer(points, target, analysis.metric.mode)
-    fit.lr_field, fit.width_field, fit.metric, fit.mode = lr_field, width_field, analysis.metric.name, analysis.metric.mode
+    runs = [r for r in runs if finite(r.config.get(lr_field))
+            and (lr_field != "muon_lr" or r.config.get("optimizer") == "muon")]
+    split = [f for f in analysis.fields if f not in ("seed", lr_field, width_field) and not is_identity(f)
+             and not _follows(runs, f, width_field)]
+    series: dict[tuple, list] = {}
+    for r in runs:
+        series.setdefault(tuple(repr(r.config.get(f)) for f in split), []).append(r)
+    fits = []
+    for members in series.values():
+        points = [(r.config[width_field], r.config[lr_field], r.config.get("seed"),
+                   v if (v := analysis.stats[r.name].value) is not None else math.nan) for r in members]
+        fit = fit_transfer(points, target, analysis.metric.mode)
+        fit.lr_field, fit.width_field, fit.metric, fit.mode = lr_field, width_field, analysis.metric.name, analysis.metric.mode
+        fit.series = {f: members[0].config.get(f) for f in split}
+        _add_bands(fit, analysis, width_field)
+        fits.append(fit)
+    return fits
+
+
+def _follows(runs: list, field: str, width_field: str) -> bool:
+    """Whether `field` has one value per width (it is part of what the width means)."""
+    seen: dict[Any, set[str]] = {}
+    for r in runs:
+        seen.setdefault(r.config.get(width_field), set()).add(repr(r.config.get(field)))
+    return all(len(v) == 1 for v in seen.values())
+
+
+def _add_bands(fit: TransferFit, analysis, width_field: str) -> None:
+    """Each width's near-optimal band and the interval of its best loss, from the report's LR
+    recommendation of the same series (report/analyse.py lr_recommendations)."""
     for rec in analysis.lr:
-        width = rec.series.get(width_field, next(iter(widths_seen)) if len(widths_seen) == 1 else None)
+        if any(k in rec.series and repr(rec.series[k]) != repr(v) for k, v in fit.series.items()):
+            continue
         for w in fit.widths:
-            if width is not None and float(width) == w.width:
+            width = rec.series.get(width_field)
+            if (width is None and len(fit.widths) == 1) or (width is not None and float(width) == w.width):
                 w.band = sorted(rec.within_noise)
                 best = next(p for p in rec.points if p.lr == rec.best_lr)
-                ci = _mean_interval(best.values)
-                w.best_loss_low, w.best_loss_high = ci if ci else (None, None)
-    others = [f for f in analysis.fields if f not in ("seed", lr_field, width_field) and not f.startswith("base_")]
-    if len({tuple(sorted(rec.series.items())) for rec in analysis.lr}) > len(fit.widths):
-        fit.notes.append(f"other fields vary too ({', '.join(others)}): each width pools over them")
-    return fit
+                w.best_loss_low, w.best_loss_high = _mean_interval(best.values) or (None, None)
 
 
 def _mean_interval(values: list[float]) -> tuple[float, float] | None:
