@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from blueberry.report.transfer import fit_transfer
 from report_fixtures import make_sweep
 
 LRS = [0.001 * 2 ** i for i in range(7)]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def curve_points(widths, b, lr32=0.008, seeds=(0, 1), k=0.3, noise=0.0, rng=None, lrs=LRS):
@@ -208,5 +210,3 @@ def test_wandb_report_of_a_transfer_sweep_has_the_lr_by_width_panel(cli):
     plain = json.loads((cli.cwd / "plain.json").read_text())
     assert not [d for d in walk(plain["report"]) if d.get("viewType") == "Scatter Plot"]
 
-
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]

@@ -147,8 +147,6 @@ def run_check(cfg: Any, widths: list[int], base_width: int, steps: int, seeds: i
               drop: frozenset[str] = frozenset()) -> CoordCheck:
     """Train and record (module docstring); `cfg` is the resolved LMConfig (its d_model only sets
     the ratios of d_ff and expert_d_ff to the width)."""
-    import torch
-
     configs = check_setup(cfg, widths, base_width, steps, seeds)
     tokens = corpus_bytes(cfg.data_seed)
     check = CoordCheck(param=cfg.param, optimizer=cfg.optimizer, lr=cfg.muon_lr if cfg.optimizer == "muon" else cfg.lr,
