@@ -87,7 +87,7 @@ def analyse(root: Path, corpus: str, study: str) -> dict | None:
 
 def markdown(results: list[dict]) -> str:
     lines = ["| corpus | study | b [95% CI] | verdict | lr* w32 / w64 / w128 | best loss w32 / w64 / w128 | "
-             "predicted lr* at 256 [95% CI] | measured at 256 | off (x2 steps) |",
+             "predicted lr* at 256 [95% CI] | measured lr* at 256 [95% CI] | off (x2 steps) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         f = r["fit"]
@@ -98,7 +98,8 @@ def markdown(results: list[dict]) -> str:
         held = r.get("heldout") or {}
         lines.append(f"| {r['corpus']} | {r['study']} | {_g(f['b'])} [{_g(f['b_low'])}, {_g(f['b_high'])}] | "
                      f"{f['verdict']} | {lrs} | {losses} | {_g(p.get('lr'))} [{_g(p.get('low'))}, {_g(p.get('high'))}] | "
-                     f"{_g(held.get('lr_star'))} | {_g(r.get('grid_steps_off'))} |")
+                     f"{_g(held.get('lr_star'))} [{_g(held.get('lr_low'))}, {_g(held.get('lr_high'))}] | "
+                     f"{_g(r.get('grid_steps_off'))} |")
     return "\n".join(lines)
 
 
@@ -110,7 +111,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpora", default=",".join(CORPORA))
     ap.add_argument("--studies", default=",".join(STUDIES))
-    ap.add_argument("--heldout-seeds", type=int, default=2, help="Seeds at the held-out width 256 (0 = skip it).")
+    ap.add_argument("--heldout-seeds", type=int, default=2, help="Seeds at the held-out width 256 (0 = skip it); "
+                    "the issue's grid has 2, the run in the docs 1 (time).")
     ap.add_argument("--dir", default=str(REPO / "runs" / "benchmarks" / "transfer"), help="Where the sweep dirs go.")
     ap.add_argument("--shakespeare", default=str(SHAKESPEARE), help="Folder of the Shakespeare text.")
     ap.add_argument("--analyse-only", action="store_true", help="Fit the sweep dirs already there; run nothing.")
