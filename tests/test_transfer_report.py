@@ -170,17 +170,17 @@ def test_two_sweeps_are_fitted_apart_and_their_best_losses_shown_side_by_side(cl
     mup = transfer_sweep(cli.cwd / "mup", b=0.0, param="mup", base_d_model=32, worse=0.05)
     res = cli("report", "transfer", str(sp), str(mup), "--out", "both", "--target", "256")
     assert res.returncode == 0, res.stderr
-    fits = {json.dumps(f["series"], sort_keys=True): f for f in json.loads((cli.cwd / "both" / "transfer.json").read_text())}
-    assert set(fits) == {'{"base_d_model": 0, "param": "sp"}', '{"base_d_model": 32, "param": "mup"}'}
-    sp_fit, mup_fit = fits['{"base_d_model": 0, "param": "sp"}'], fits['{"base_d_model": 32, "param": "mup"}']
+    fits = {f["label"]: f for f in json.loads((cli.cwd / "both" / "transfer.json").read_text())}
+    assert set(fits) == {"param=sp", "param=mup"}                       # base_d_model follows param: no extra split
+    sp_fit, mup_fit = fits["param=sp"], fits["param=mup"]
     assert (sp_fit["verdict"], mup_fit["verdict"]) == ("SP-like", "shift-free")
     assert [w["n_runs"] for w in sp_fit["widths"]] == [14, 14, 14]          # expert_d_ff follows the width: no split
     assert all(m["best_loss"] > s["best_loss"] for s, m in zip(sp_fit["widths"], mup_fit["widths"]))
     assert "best val/loss_best per d_model" in res.stdout
     page = (cli.cwd / "both" / "transfer.html").read_text()
     assert page.count("<h3>") == 3 and "param=mup" in page
-    assert sorted(p.name for p in (cli.cwd / "both" / "plots").iterdir()) == [
-        "transfer-param_mup_base_d_model_32.png", "transfer-param_sp_base_d_model_0.png"]
+    assert sorted(p.name for p in (cli.cwd / "both" / "plots").iterdir()) == ["transfer-param_mup.png",
+                                                                               "transfer-param_sp.png"]
 
 
 def test_report_transfer_refuses_runs_without_an_lr_sweep(cli):

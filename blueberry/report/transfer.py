@@ -287,8 +287,11 @@ def transfer_analyses(runs: list, metric: str | None = None, sweep_metric: str |
         raise UserError(f"report transfer: --width-field {width_field}: not a number in every run's config")
     runs = [r for r in runs if finite(r.config.get(lr_field))
             and (lr_field != "muon_lr" or r.config.get("optimizer") == "muon")]
-    split = [f for f in analysis.fields if f not in ("seed", lr_field, width_field) and not is_identity(f)
-             and not _follows(runs, f, width_field)]
+    split: list[str] = []
+    for f in analysis.fields:   # a field that follows the width, or the fields kept so far, adds no series
+        if f not in ("seed", lr_field, width_field) and not is_identity(f) and not _follows(runs, f, [width_field]) \
+                and not (split and _follows(runs, f, split)):
+            split.append(f)
     series: dict[tuple, list] = {}
     for r in runs:
         series.setdefault(tuple(repr(r.config.get(f)) for f in split), []).append(r)
@@ -304,11 +307,12 @@ def transfer_analyses(runs: list, metric: str | None = None, sweep_metric: str |
     return fits
 
 
-def _follows(runs: list, field: str, width_field: str) -> bool:
-    """Whether `field` has one value per width (it is part of what the width means)."""
-    seen: dict[Any, set[str]] = {}
+def _follows(runs: list, field: str, by: list[str]) -> bool:
+    """Whether `field` has one value per value of the fields `by` (e.g. expert_d_ff per d_model, or
+    base_d_model per param): it then splits nothing they do not."""
+    seen: dict[str, set[str]] = {}
     for r in runs:
-        seen.setdefault(r.config.get(width_field), set()).add(repr(r.config.get(field)))
+        seen.setdefault(repr([r.config.get(b) for b in by]), set()).add(repr(r.config.get(field)))
     return all(len(v) == 1 for v in seen.values())
 
 
