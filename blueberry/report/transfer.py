@@ -104,8 +104,7 @@ class TransferFit:
 
 @dataclass
 class _Local:
-    """One width's quadratic: design, fitted values, the projection to coefficients, where x = 0 is."""
-    X: np.ndarray
+    """One width's quadratic: fitted values, the projection from values to coefficients, where x = 0 is."""
     fitted: np.ndarray
     pinv: np.ndarray
     x0: float
@@ -196,7 +195,7 @@ def _fit_width(width: float, runs: list[tuple[float, Any, float]], sign: float) 
     dof = len(y) - np.linalg.matrix_rank(X)
     span = (math.log(window[0]) - x0, math.log(window[-1]) - x0)
     grid = np.array([math.log(lr) - x0 for lr in window])
-    local = _Local(X=X, fitted=fitted, pinv=pinv, x0=x0, span=span, rss=float(((y - fitted) ** 2).sum()), dof=int(dof),
+    local = _Local(fitted=fitted, pinv=pinv, x0=x0, span=span, rss=float(((y - fitted) ** 2).sum()), dof=int(dof),
                    grid=grid)
     x_star = float(_optimum(coef[1:2], coef[2:3], span, grid, fitted_grid=None)[0])
     if coef[2] <= 0:
