@@ -62,7 +62,6 @@ def test_bad_setups_are_refused_before_training(cli):
                           (["--widths", "16,32,36"], "--widths 36: n_heads=4: head dim d_model/n_heads must be even"),
                           (["--widths", "a,b"], "--widths 'a,b': must be comma-separated integers"),
                           (["--drop", "everything"], "--drop everything: not a rule; rules: init, lr"),
-                          (["--param", "mu"], "Invalid value for '--param'"),
                           (["--max_steps", "50"], "coords: --max_steps does not apply to the coordinate check (use --steps)"),
                           (["--d_model", "64"], "coords: --d_model does not apply to the coordinate check (use --widths)")]:
         res = cli("coords", *args)
