@@ -209,6 +209,58 @@ def memory(preset, config_file, world_size, vocab_size):
     click.echo(estimate_table(cfg, world_size, vocab_size))
 
 
+@main.command(help="""Coordinate check of a parametrization: train a few steps at several widths and compare
+each module's mean |activation| with its size at the base width. Exits 0 when every ratio after the
+last step lies in [0.5, 2], else 1 naming the modules. Writes OUT/coords.json and OUT/coords.png.
+The model, optimizer and parametrization fields are options (--param mup, --optimizer muon, --lr ...);
+widths replace d_model, with d_ff and expert_d_ff kept in the config's ratio to it. Defaults over the
+preset: n_layers 2, seq_len 32, batch_size 2. The LR is constant (no warmup or schedule).""")
+@click.option("--widths", default=",".join(map(str, (16, 32, 64, 128))), show_default=True,
+              help="Comma-separated d_model values to train.")
+@click.option("--base-width", "base_width", type=int, default=32, show_default=True,
+              help="The base width (one of --widths): ratios are taken to it, and it is the base of mup/completep.")
+@click.option("--steps", type=int, default=5, show_default=True, help="Optimizer steps at each width.")
+@click.option("--seeds", type=int, default=3, show_default=True, help="Seeds per width (from --seed on), averaged.")
+@click.option("--drop", "drop_rules", multiple=True, metavar="RULE",
+              help="Leave one rule of the parametrization out (repeatable), to see what it holds in place: "
+                   "init, lr, logits, muon, attention, residual, eps, weight_decay.")
+@click.option("--out", "coords_dir", type=click.Path(file_okay=False), default="coords", show_default=True,
+              help="Folder for coords.json and coords.png.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="YAML file of field: value, applied over the preset and the defaults above.")
+@config_options(TASK_CONFIGS["lm"])
+def coords(widths, base_width, steps, seeds, drop_rules, coords_dir, config_file, **options):
+    from blueberry.models.param import RULES
+    from blueberry.rundir import ensure_writable_dir
+    from blueberry.transfer.coords import DEFAULTS, check_options, check_setup, parse_widths
+
+    unknown = [r for r in drop_rules if r not in RULES]
+    if unknown:
+        raise UserError(f"--drop {unknown[0]}: not a rule; rules: {', '.join(RULES)}")
+    cli_values = {k: v for k, v in options.items() if v is not None}
+    check_options(list(cli_values))
+    file_values = read_config_file(config_file) if config_file else {}
+    cfg = resolve(TASK_CONFIGS["lm"], file_values={**DEFAULTS, **file_values}, cli_values=cli_values,
+                  source=config_file or "config")
+    width_list = parse_widths(widths)
+    check_setup(cfg, width_list, base_width, steps, seeds)   # before any training
+    ensure_writable_dir(coords_dir, "--out")
+
+    from rich.console import Console
+
+    from blueberry.transfer.coords import failure_line, ratio_table, run_check, write_outputs
+
+    check = run_check(cfg, width_list, base_width, steps, seeds, frozenset(drop_rules))
+    files = write_outputs(check, Path(coords_dir))
+    Console().print(ratio_table(check))
+    click.echo(f"wrote {files['json']} and {files['png']}")
+    if not check.passed:
+        click.echo(failure_line(check), err=True)
+        return 1
+    click.echo(f"coords: passed (param={check.param}): every module within 0.5-2 x its size at width {base_width}")
+    return 0
+
+
 @main.group()
 def checkpoint():
     """Work with a run's checkpoints."""
@@ -565,6 +617,33 @@ def report_paths(paths, out_dir, metric, wandb_project, sweep_id, group, per_run
     else:
         result = build_report(list(paths), out_dir, metric, per_run_figures=per_run_figures)
     print_report(result)
+
+
+@report.command(name="transfer")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(), metavar="SWEEP_DIR...")
+@click.option("--target", type=click.FloatRange(min=0, min_open=True), default=None, metavar="WIDTH",
+              help="Predict the best LR at this width (with its 95% interval), e.g. 1024.")
+@click.option("--width-field", "width_field", default="d_model", show_default=True, metavar="FIELD",
+              help="The config field that is the width.")
+@click.option("--metric", default=None, metavar="NAME",
+              help="Metric to fit. Default: the sweep's metric, else the runs' own (val/loss).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for transfer.json, transfer.html and plots/transfer.png. Default: SWEEP_DIR/report.")
+def report_transfer(paths, target, width_field, metric, out_dir):
+    """Does the best LR move with width? For a sweep over width x log-spaced LR x seeds: each width's lr*
+    (a quadratic in log LR near its best, bootstrap interval) and near-optimal band (noise verdicts),
+    then log lr* = a + b log(width) with b's 95% interval, the verdict (shift-free, SP-like or
+    unclear), each width's best loss, and the LR predicted at --target. Give two sweeps (sp and mup)
+    to fit each apart and see their best losses side by side."""
+    from blueberry.report.build import build_transfer_report, print_transfer
+    from blueberry.rundir import ensure_writable_dir
+
+    if out_dir:
+        ensure_writable_dir(out_dir, "--out")
+    fits, files = build_transfer_report(list(paths), out_dir, metric, target, width_field)
+    print_transfer(fits)
+    click.echo(f"transfer report written to {files['html']}; beside it: {files['json'].name}, "
+               + ", ".join(f"plots/{p.name}" for p in files["png"]))
 
 
 @report.command(name="wandb-report")

@@ -158,7 +158,8 @@ class LMConfig(RunConfig):
         "data", "data_subset", "data_split", "text_field", "max_docs", "synthetic_docs", "val_fraction",
         "dedup", "dedup_threshold", "group_field", "data_seed", "tokenizer", "seq_len", "d_model", "n_layers", "n_heads", "d_ff", "rope_theta", "attention",
         "mla_kv_rank", "mla_q_rank", "mla_rope_dim", "n_experts", "top_k", "expert_d_ff", "n_shared_experts",
-        "router", "router_renorm")
+        "router", "router_renorm", "param", "base_d_model", "base_d_ff", "base_expert_d_ff", "base_n_layers",
+        "mup_attn_1_over_d", "mup_zero_readout")
     fingerprint_fields: ClassVar[dict[str, tuple[str, ...]]] = {
         "corpus": ("data", "data_subset", "data_split", "text_field", "max_docs", "synthetic_docs", "data_seed"),
         "split": ("val_fraction", "data_seed", "dedup", "dedup_threshold", "group_field"),
@@ -199,6 +200,16 @@ class LMConfig(RunConfig):
     n_shared_experts: int = option(0, "Always-on shared experts (DeepSeek style), each expert_d_ff wide.", min=0)
     router: str = option("softmax", "softmax = Mixtral-style top-k of softmax; sigmoid = DeepSeek-V3 sigmoid scores with a score-correction bias.", choices=("softmax", "sigmoid"))
     router_renorm: bool = option(True, "Renormalise the k selected routing weights to sum to 1.")
+
+    # parametrization: how init, forward multipliers and per-parameter optimizer settings follow the size
+    param: str = option("sp", "How init, multipliers and learning rates follow the model's size, relative to a base model (docs: scaling). sp = as set, at every size (the default model); mup = muP (Tensor Programs V): hidden init variance and hidden AdamW LR x 1/m, logits x 1/m (m = width / base width), so LRs tuned on the base transfer across width; completep = muP plus depth (CompleteP, Dey et al. 2025): residual branches x base_n_layers/n_layers, AdamW eps x (1/m)(base_n_layers/n_layers), hidden AdamW weight decay x m. At the base (m = 1, same depth) all three are the same model.", choices=("sp", "mup", "completep"))
+    base_d_model: int = option(0, "mup/completep: d_model of the base (proxy) model the hyperparameters were tuned on; 0 = d_model (m = 1). Ignored under sp.", min=0)
+    base_d_ff: int = option(0, "mup/completep: d_ff of the base model (the dense FFN's width); 0 = d_ff.", min=0)
+    base_expert_d_ff: int = option(0, "mup/completep: expert_d_ff of the base model (each expert's width); 0 = expert_d_ff. n_experts is not a width: it stays as set.", min=0)
+    base_n_layers: int = option(0, "completep: n_layers of the base model; 0 = n_layers (no depth scaling). Ignored under sp and mup.", min=0)
+    mup_attn_1_over_d: bool = option(False, "mup/completep: scale attention logits by 1/d_head (written sqrt(base d_head)/d_head, so the base keeps 1/sqrt(d_head)) instead of 1/sqrt(d_head), as Tensor Programs V recommends.")
+    mup_zero_readout: bool = option(False, "mup/completep: start the readout at zero. The LM head is tied to the embedding, so the final norm's gain starts at 0 instead (logits start at 0; the embedding keeps its init).")
+
     lb_weight: float = option(0.03, "Weight of the Switch load-balancing loss E*sum(f_i*P_i); 0 = off. 0.03 (with bias_update_rate 0.001): measured over seeds on lm-tiny and moe-exp3 (docs/training.md).", min=0)
     z_loss_weight: float = option(0.0, "Weight of the router z-loss mean(logsumexp(logits)^2); 0 = off.", min=0)
     bias_update_rate: float = option(0.001, "Aux-loss-free balancing: step of the routing bias toward equal load after each optimizer step; 0 = off. 0.001 (with lb_weight 0.03): measured over seeds on lm-tiny and moe-exp3 (docs/training.md).", min=0)
@@ -215,6 +226,11 @@ class LMConfig(RunConfig):
             raise UserError(f"n_heads={self.n_heads}: head dim d_model/n_heads must be even for RoPE")
         if bpe_size(self.tokenizer) is None and (not self.tokenizer or self.tokenizer.startswith("bpe")):
             raise UserError(f"tokenizer={self.tokenizer!r}: use bpe:N (e.g. bpe:8192) or a Hugging Face tokenizer name")
+        if self.param != "sp" and self.base_d_model:
+            base_head = self.base_d_model / self.n_heads
+            if base_head != int(base_head) or int(base_head) % 2:
+                raise UserError(f"base_d_model={self.base_d_model}: base_d_model / n_heads ({self.n_heads}) must be "
+                                "a whole, even head dim (the base model is built with this model's n_heads)")
         if self.data.startswith("hf:") and not self.max_docs:
             raise UserError("max_docs=0: hub datasets are streamed; set max_docs (e.g. --max_docs 20000)")
 

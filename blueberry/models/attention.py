@@ -18,19 +18,21 @@ NORM_EPS = 1e-6
 
 
 class MultiHeadAttention(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, scale_factor: float = 1.0):
         super().__init__()
         self.n_heads = cfg.n_heads
         head_dim = cfg.d_model // cfg.n_heads
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.out_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.rope = Rotary(head_dim, cfg.rope_theta)
+        # None = SDPA's own 1/sqrt(head_dim); a parametrization may scale it (models/param.py)
+        self.scale = None if scale_factor == 1 else scale_factor / math.sqrt(head_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.n_heads)
         cos, sin = self.rope(x.shape[1])
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
         return self.out_proj(rearrange(y, "b h t d -> b t (h d)"))
 
 
@@ -41,7 +43,7 @@ class LatentAttention(nn.Module):
     decoupled RoPE part: a per-head query part and ONE key part shared by all heads.
     """
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, scale_factor: float = 1.0):
         super().__init__()
         self.n_heads = cfg.n_heads
         self.head_dim = cfg.d_model // cfg.n_heads
@@ -59,7 +61,7 @@ class LatentAttention(nn.Module):
         self.kv_expand = nn.Linear(self.kv_rank, H * 2 * hd, bias=False)        # W^UK and W^UV
         self.out_proj = nn.Linear(H * hd, cfg.d_model, bias=False)
         self.rope = Rotary(r, cfg.rope_theta)
-        self.scale = 1.0 / math.sqrt(hd + r)
+        self.scale = scale_factor / math.sqrt(hd + r)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T = x.shape[1]
@@ -80,9 +82,10 @@ class LatentAttention(nn.Module):
         return self.out_proj(rearrange(y, "b h t d -> b t (h d)"))
 
 
-def build_attention(cfg) -> nn.Module:
+def build_attention(cfg, scale_factor: float = 1.0) -> nn.Module:
+    """cfg's attention; `scale_factor` multiplies the usual 1/sqrt(d) of the attention logits."""
     if cfg.attention == "mha":
-        return MultiHeadAttention(cfg)
+        return MultiHeadAttention(cfg, scale_factor)
     if cfg.attention == "mla":
-        return LatentAttention(cfg)
+        return LatentAttention(cfg, scale_factor)
     raise ValueError(f"attention={cfg.attention!r}: expected 'mha' or 'mla'")

@@ -20,6 +20,8 @@ TABLE_CSV = "table.csv"
 TABLE_JSON = "table.json"
 SUMMARY_JSON = "summary.json"
 LR_JSON = "lr_recommendation.json"
+TRANSFER_JSON = "transfer.json"
+TRANSFER_HTML = "transfer.html"
 
 
 @dataclass
@@ -64,10 +66,17 @@ def report_loaded(loaded: Loaded, out_dir: str | Path, metric: str | None = None
     files = result.files
     data = analysis.to_json()
 
+    transfer = _transfer_fits(loaded, analysis)
+    if transfer:
+        data["transfer"] = [fit.to_json() for fit in transfer]
+        rundir.write_atomic(out / TRANSFER_JSON, _json(data["transfer"]))
+        files["transfer_json"] = out / TRANSFER_JSON
+
     rundir.write_atomic(out / TABLE_CSV, table_csv(analysis))
     files["table_csv"] = out / TABLE_CSV
     rundir.write_atomic(out / TABLE_JSON, _json({"metric": data["metric"], "columns": data["columns"],
-                                                 "rows": data["table"]}))
+                                                 "rows": data["table"]}
+                                                | ({"transfer": data["transfer"]} if transfer else {})))
     files["table_json"] = out / TABLE_JSON
     if analysis.lr:
         rundir.write_atomic(out / LR_JSON, _json({k: data[k] for k in ("metric", "noise_rule", "noise")}
@@ -75,6 +84,13 @@ def report_loaded(loaded: Loaded, out_dir: str | Path, metric: str | None = None
         files["lr_json"] = out / LR_JSON
 
     figures = _figures(loaded.runs, analysis, out, per_run_figures)
+    sections = []
+    if transfer:
+        from blueberry.report.html import transfer_section
+
+        pngs = _transfer_figures(transfer, out)
+        files.update({f"figure:{p.stem}": p for p in pngs})
+        sections.append(transfer_section(transfer, pngs))
     files.update({f"figure:{k}": v for k, v in figures[0].items()})
     files.update({f"run:{k}": v for k, v in figures[1].items()})
     if html:
@@ -83,13 +99,95 @@ def report_loaded(loaded: Loaded, out_dir: str | Path, metric: str | None = None
         title = "blueberry report: " + ", ".join(Path(s).name or s for s in result.sources[:3]) \
             + (" ..." if len(result.sources) > 3 else "")
         files["html"] = write_html(out / HTML, analysis, figures[0], figures[1], title=title,
-                                   sources=result.sources, skipped=result.skipped)
+                                   sources=result.sources, skipped=result.skipped, sections=sections)
     summary = {k: v for k, v in data.items() if k not in ("table", "columns")}
     summary["skipped"] = result.skipped
     summary["files"] = {k: str(v) for k, v in files.items()} | {"summary_json": str(out / SUMMARY_JSON)}
     rundir.write_atomic(out / SUMMARY_JSON, _json(summary))
     files["summary_json"] = out / SUMMARY_JSON
     return result
+
+
+def _transfer_fits(loaded: Loaded, analysis: Analysis) -> list:
+    """report/transfer.py's fits when the runs sweep one LR at two or more widths, else []."""
+    from blueberry.report.transfer import applies, transfer_analyses
+
+    return transfer_analyses(loaded.runs, analysis=analysis) if applies(analysis) else []
+
+
+def _transfer_figures(fits: list, out: Path) -> list[Path]:
+    from blueberry.report import plots
+
+    return [plots.transfer_figure(fit, out / "plots" / ("transfer.png" if len(fits) == 1 else
+                                                        f"transfer-{safe_name(fit.label)}.png")) for fit in fits]
+
+
+def build_transfer_report(paths: list[str | Path], out_dir: str | Path | None = None, metric: str | None = None,
+                          target: float | None = None, width_field: str | None = None):
+    """`blueberry report transfer`: the fits alone, as transfer.json, plots/transfer*.png and
+    transfer.html in out_dir (default as build_report's). Returns (fits, {kind: path or paths})."""
+    from blueberry.report.html import write_transfer_html
+    from blueberry.report.transfer import WIDTH_FIELD, transfer_analyses
+
+    paths = [Path(p) for p in paths]
+    loaded = load_runs(paths, metric)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(paths)
+    fits = transfer_analyses(loaded.runs, metric, loaded.sweep_metric, loaded.sweep_goal, target,
+                             width_field or WIDTH_FIELD)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Any] = {"json": out / TRANSFER_JSON}
+    rundir.write_atomic(files["json"], _json([fit.to_json() for fit in fits]))
+    files["png"] = _transfer_figures(fits, out)
+    files["html"] = write_transfer_html(out / TRANSFER_HTML, fits, files["png"],
+                                        title="blueberry transfer: " + ", ".join(p.name or str(p) for p in paths[:3]),
+                                        sources=[str(p) for p in paths])
+    return fits, files
+
+
+def print_transfer(fits: list, console=None) -> None:
+    """The transfer fits in a terminal: per series one row per width, then b, the verdict and the
+    prediction; with several series, each width's best loss side by side."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    for fit in fits:
+        where = f" — {fit.label}" if fit.series else ""
+        table = Table(title=f"{fit.lr_field} across {fit.width_field} ({fit.metric}, best of each run){where}")
+        for c in (fit.width_field, "runs", "best grid LR", "best", "best 95% CI", "lr*", "lr* 95% CI",
+                  "within noise of the best"):
+            table.add_column(c, justify="left" if c == "within noise of the best" else "right")
+        for w in fit.widths:
+            table.add_row(fmt(w.width), str(w.n_runs), fmt(w.best_lr), _num(w.best_loss),
+                          interval(w.best_loss_low, w.best_loss_high), _num(w.lr_star), interval(w.lr_low, w.lr_high),
+                          ", ".join(fmt(x) for x in w.band))
+        console.print(table)
+        for w in fit.widths:
+            for note in w.notes:
+                console.print(f"[dim]{fit.width_field}={fmt(w.width)}: {note}[/dim]", highlight=False)
+        if fit.b is not None:
+            console.print(f"[bold]b[/bold] = {fit.b:.3g} {interval(fit.b_low, fit.b_high)} (log lr* = a + b log "
+                          f"{fit.width_field}; sp-like: -1, transferring: 0): [bold]{fit.verdict}[/bold]", highlight=False)
+        else:
+            console.print(f"[bold]{fit.verdict}[/bold]", highlight=False)
+        if fit.prediction:
+            p = fit.prediction
+            console.print(f"predicted {fit.lr_field}* at {fit.width_field}={fmt(p.width)}: {p.lr:.3g} "
+                          f"{interval(p.low, p.high)}", highlight=False)
+        for note in fit.notes:
+            console.print(f"[dim]note: {note}[/dim]", highlight=False)
+    if len(fits) > 1:
+        table = Table(title=f"best {fits[0].metric} per {fits[0].width_field} (at its best grid LR)")
+        table.add_column(fits[0].width_field, justify="right")
+        for fit in fits:
+            table.add_column(fit.label, justify="right")
+        for width in sorted({w.width for fit in fits for w in fit.widths}):
+            cells = []
+            for fit in fits:
+                w = next((w for w in fit.widths if w.width == width), None)
+                cells.append(f"{w.best_loss:.4g} {interval(w.best_loss_low, w.best_loss_high)}" if w else "")
+            table.add_row(fmt(width), *cells)
+        console.print(table)
 
 
 def _figures(runs: list[Run], analysis: Analysis, out: Path, per_run: bool) -> tuple[dict[str, Path], dict[str, Path]]:

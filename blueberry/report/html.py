@@ -50,8 +50,9 @@ def table(columns: list[str], rows: list[dict[str, Any]], left: tuple[str, ...] 
 
 
 def write_html(path: Path, analysis: Analysis, figures: dict[str, Path], run_figures: dict[str, Path], *,
-               title: str, sources: list[str], skipped: list[str] = ()) -> Path:
-    """Write the report page; `figures` are comparison PNGs (shown in order), `run_figures` per run name."""
+               title: str, sources: list[str], skipped: list[str] = (), sections: list[str] = ()) -> Path:
+    """Write the report page; `figures` are comparison PNGs (shown in order), `run_figures` per run name,
+    `sections` further HTML sections (the transfer study) after the learning-rate one."""
     a, spec = analysis, analysis.metric
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>",
              f"<style>{CSS}</style></head><body>",
@@ -99,6 +100,7 @@ def write_html(path: Path, analysis: Analysis, figures: dict[str, Path], run_fig
                          + "".join(f"<br><span class='note'>{esc(n)}</span>" for n in rec.notes) + "</li>")
         parts.append("</ul>")
 
+    parts += list(sections)
     if figures:
         parts.append("<h2>Comparison</h2>")
         parts += [image(p, name) for name, p in figures.items()]
@@ -114,7 +116,63 @@ def write_html(path: Path, analysis: Analysis, figures: dict[str, Path], run_fig
     if skipped:
         parts.append("<h2>Skipped</h2><ul>" + "".join(f"<li>{esc(s)}</li>" for s in skipped) + "</ul>")
     parts.append("</body></html>")
+    return _write_page(path, parts)
+
+
+def _write_page(path: Path, parts: list[str]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rundir.write_atomic(path, "\n".join(parts))
     return path
+
+
+def write_transfer_html(path: Path, fits: list, figures: list[Path], *, title: str, sources: list[str]) -> Path:
+    """A page of its own for `blueberry report transfer`."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>",
+             f"<style>{CSS}</style></head><body>", f"<h1>{esc(title)}</h1>",
+             f"<p class='muted'>{sum(w.n_runs for f in fits for w in f.widths)} runs from {esc(', '.join(sources))}; "
+             f"built {esc(time.strftime('%Y-%m-%d %H:%M'))}. Metric <code>{esc(fits[0].metric)}</code> "
+             f"({'lower' if fits[0].mode == 'min' else 'higher'} is better), the best of each run.</p>",
+             transfer_section(fits, figures), "</body></html>"]
+    return _write_page(path, parts)
+
+
+def transfer_section(fits: list, figures: list[Path]) -> str:
+    """The transfer study (report/transfer.py) as HTML: per series the verdict, b, the prediction, the
+    per-width table and the figure; with several series, each width's best loss side by side."""
+    parts = ["<h2>Learning rate across width</h2>",
+             "<p class='muted'>log lr* = a + b log(width): sp's AdamW LR falls as 1/width (b &asymp; -1); a LR that "
+             "transfers stays put (b &asymp; 0). Each width's best loss is shown beside its lr*: a parametrization "
+             "can transfer the LR and still reach a worse loss than sp at the same width.</p>"]
+    for fit, figure in zip(fits, figures):
+        if len(fits) > 1:
+            parts.append(f"<h3>{esc(fit.label)}</h3>")
+        parts.append(
+            f"<p><b>{esc(fit.verdict)}</b>: " + (f"b = <b>{cell(fit.b)}</b>" if fit.b is not None else "no b (one width)")
+            + (f", 95% interval {esc(interval(fit.b_low, fit.b_high))}" if fit.b_low is not None else "")
+            + (f". Predicted {esc(fit.lr_field)}* at {esc(fit.width_field)} {esc(fmt(fit.prediction.width))}: "
+               f"<b>{cell(fit.prediction.lr)}</b>"
+               + (f" {esc(interval(fit.prediction.low, fit.prediction.high))}" if fit.prediction.low is not None else "")
+               if fit.prediction else "") + "</p>")
+        rows = [{fit.width_field: w.width, "runs": w.n_runs, "best grid LR": w.best_lr, "best " + fit.metric: w.best_loss,
+                 "95% CI": interval(w.best_loss_low, w.best_loss_high), "lr*": w.lr_star,
+                 "lr* 95% CI": interval(w.lr_low, w.lr_high), "within noise of the best": ", ".join(fmt(x) for x in w.band),
+                 "notes": "; ".join(w.notes)} for w in fit.widths]
+        parts.append(table(list(rows[0]) if rows else [], rows,
+                           left=("95% CI", "lr* 95% CI", "within noise of the best", "notes")))
+        parts += [f"<p class='note'>{esc(n)}</p>" for n in fit.notes]
+        if figure is not None:
+            parts.append(image(figure, f"learning rate across width: {fit.label}"))
+    if len(fits) > 1:
+        widths = sorted({w.width for fit in fits for w in fit.widths})
+        rows = []
+        for width in widths:
+            row = {fits[0].width_field: width}
+            for fit in fits:
+                w = next((w for w in fit.widths if w.width == width), None)
+                row[fit.label] = (f"{w.best_loss:.4g} {interval(w.best_loss_low, w.best_loss_high)} at {fmt(w.best_lr)}"
+                                  if w else "")
+            rows.append(row)
+        parts.append(f"<h3>best {esc(fits[0].metric)} per width</h3>")
+        parts.append(table(list(rows[0]), rows, left=tuple(f.label for f in fits)))
+    return "\n".join(parts)

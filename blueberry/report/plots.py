@@ -235,3 +235,47 @@ def lr_figure(recs: list[LRRecommendation], spec: MetricSpec, path: Path) -> Pat
         _titled(ax, f"{spec.curve} vs {param} (★ best, shaded: within noise)", param, f"{spec.curve} ({spec.rank_by})")
         _legend(ax, len(mine))
     return _save(fig, path)
+
+
+def transfer_figure(fit, path: Path) -> Path:
+    """report/transfer.py's fit: the metric vs LR, one curve per width (mean over seeds), each width's
+    lr* marked with its interval and its near-optimal band shaded; then log lr* vs log width with the
+    fitted line and the prediction at the target width."""
+    fig, (a_lr, a_w) = _figure(1, 2, (13, 5))
+    for i, w in enumerate(fit.widths):
+        color = f"C{i % 10}"
+        pts = [(lr, m) for lr, m in zip(w.lrs, w.means) if m is not None and math.isfinite(m)]
+        a_lr.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, color=color,
+                  label=f"{fit.width_field}={w.width:g}: lr* {w.lr_star:.3g}" if w.lr_star else f"{fit.width_field}={w.width:g}")
+        if w.lr_star:
+            a_lr.axvline(w.lr_star, color=color, ls="--", lw=1)
+            a_lr.plot([w.best_lr], [w.best_loss], marker="*", ms=13, color=color, ls="none")
+        if len(w.band) >= 2:
+            a_lr.axvspan(min(w.band), max(w.band), color=color, alpha=0.08)
+    a_lr.set_xscale("log")
+    _titled(a_lr, (f"{fit.label}: " if fit.series else "") + f"{fit.metric} vs {fit.lr_field} per width "
+            "(★ best grid LR, dashed: lr*, shaded: within noise)", fit.lr_field, fit.metric)
+    _legend(a_lr, len(fit.widths))
+    fitted = [w for w in fit.widths if w.lr_star]
+    for i, w in enumerate(fit.widths):
+        if not w.lr_star:
+            continue
+        lo, hi = w.lr_low or w.lr_star, w.lr_high or w.lr_star
+        a_w.errorbar([w.width], [w.lr_star], yerr=[[w.lr_star - lo], [hi - w.lr_star]], marker="o", color=f"C{i % 10}",
+                     capsize=4)
+    if fit.b is not None and fitted:
+        xs = [w.width for w in fit.widths] + ([fit.prediction.width] if fit.prediction else [])
+        grid = np.geomspace(min(xs), max(xs), 50)
+        a_w.plot(grid, np.exp(fit.a + fit.b * np.log(grid)), color="0.3", lw=1,
+                 label=f"b = {fit.b:.2f}" + (f" [{fit.b_low:.2f}, {fit.b_high:.2f}]" if fit.b_low is not None else ""))
+    if fit.prediction:
+        p = fit.prediction
+        err = [[p.lr - p.low], [p.high - p.lr]] if p.low is not None else None
+        a_w.errorbar([p.width], [p.lr], yerr=err, marker="D", color="k", capsize=4, ls="none",
+                     label=f"predicted at {p.width:g}: {p.lr:.3g}")
+    a_w.set_xscale("log", base=2)
+    a_w.set_yscale("log")
+    _titled(a_w, f"lr* vs {fit.width_field} ({fit.verdict})", fit.width_field, f"lr* ({fit.lr_field})")
+    if a_w.get_legend_handles_labels()[0]:
+        a_w.legend(fontsize=8)
+    return _save(fig, path)

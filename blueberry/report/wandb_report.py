@@ -104,7 +104,7 @@ def build_wandb_report(project: str | None, entity: str | None = None, sweep: st
             notes.append(f"swept parameters not known (give the sweep YAML with --sweep-file): parallel "
                          f"coordinates use {', '.join(params)}")
     report = make_report(project, entity, sweep=sweep, group=group, metric=metric, curve=curve, params=params,
-                         title=title, online=online)
+                         title=title, online=online, transfer=transfer_axes(params))
     result = WandbReportResult(url=None, spec_path=None, offline_reason=reason, metric=metric, curve=curve,
                                params=list(params), notes=notes)
     if online:
@@ -169,10 +169,20 @@ def runset_filter(sweep: str | None, group: str | None) -> str:
     return " and ".join(parts)
 
 
+def transfer_axes(params: list[str]) -> tuple[str, str] | None:
+    """(LR field, width field) when the swept parameters are a transfer study (one LR at several widths)."""
+    from blueberry.report.transfer import WIDTH_FIELD
+
+    lrs = [p for p in ("lr", "muon_lr") if p in params]
+    return (lrs[0], WIDTH_FIELD) if WIDTH_FIELD in params and len(lrs) == 1 else None
+
+
 def make_report(project: str, entity: str | None, *, sweep: str | None, group: str | None, metric: str,
-                curve: str, params: list[str], title: str | None = None, online: bool = False):
+                curve: str, params: list[str], title: str | None = None, online: bool = False,
+                transfer: tuple[str, str] | None = None):
     """The wandb-workspaces Report object. Offline its run sets name no project: naming one makes
-    the model look the project up on the server when it is serialised."""
+    the model look the project up on the server when it is serialised. `transfer` (LR field, width
+    field) adds the LR-across-width panel: the metric against the LR, coloured by width."""
     import wandb_workspaces.reports.v2 as wr
 
     scope = f"sweep {sweep}" if sweep else f"group {group}" if group else f"project {project}"
@@ -191,16 +201,27 @@ def make_report(project: str, entity: str | None, *, sweep: str | None, group: s
         wr.ParameterImportancePlot(with_respect_to=metric),
         wr.RunComparer(diff_only="split"),
     ])
+    blocks = [
+        wr.P(f"Curves of {curve}; parallel coordinates, importance and the comparer use the run summary "
+             f"{metric}. A gap between two runs means little unless it is larger than the spread across seeds."),
+        wr.H2("Validation curves"), curves,
+        wr.H2("Hyperparameters"), study,
+    ]
+    if transfer:
+        lr, width = transfer
+        blocks += [
+            wr.H2("Learning rate across width"),
+            wr.P(f"{metric} against {lr} (log), coloured by {width}: if the best {lr} moves left as {width} grows, "
+                 f"it does not transfer. `blueberry report transfer SWEEP_DIR` fits the shift with its interval."),
+            wr.PanelGrid(runsets=[runset], panels=[
+                wr.ScatterPlot(title=f"{metric} vs {lr} by {width}", x=wr.Config(lr), y=wr.SummaryMetric(metric),
+                               z=wr.Config(width), log_x=True)]),
+        ]
     return wr.Report(
         project=project, entity=entity or "",
         title=title or f"blueberry: {scope}"[:128],
         description=f"{metric} ({direction} is better) over {', '.join(params)}",
-        blocks=[
-            wr.P(f"Curves of {curve}; parallel coordinates, importance and the comparer use the run summary "
-                 f"{metric}. A gap between two runs means little unless it is larger than the spread across seeds."),
-            wr.H2("Validation curves"), curves,
-            wr.H2("Hyperparameters"), study,
-        ])
+        blocks=blocks)
 
 
 def report_spec(report, project: str, entity: str | None) -> dict[str, Any]:
