@@ -281,8 +281,9 @@ def test_resume_decisions_before_any_work(tmp_path, capsys):
     ckpt = _folder(run, 6, {"model.safetensors": b"w", "random_states_0.pkl": b"r", "random_states_1.pkl": b"r"})
     (run / "config.yaml").write_text(yaml.safe_dump({"task": "lm", "batch_size": 4, "grad_accum": 2}))
     cfg = dataclasses.replace(LMConfig(), max_steps=6, batch_size=4, grad_accum=2)
-    assert "nothing to train" in nothing_to_train(cfg, ckpt)
-    assert "nothing to train" in nothing_to_train(dataclasses.replace(cfg, max_steps=10, stop_at_step=6), ckpt)
+    assert nothing_to_train(cfg, ckpt).startswith(f"nothing to train: {run} is at step 6 and max_steps=6;")
+    assert "is at step 6 and stop_at_step=6;" in nothing_to_train(dataclasses.replace(cfg, max_steps=10, stop_at_step=6), ckpt)
+    assert nothing_to_train(dataclasses.replace(cfg, epochs=0.5), ckpt) is None
     assert nothing_to_train(dataclasses.replace(cfg, max_steps=7), ckpt) is None
     assert nothing_to_train(dataclasses.replace(cfg, max_steps=5, epochs=2.0), ckpt) is None   # counted later
     with pytest.raises(UserError, match=r"max_steps=5: r is already at step 6 \(step-0000006\); give max_steps >= 6"):
