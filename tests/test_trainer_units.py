@@ -55,10 +55,12 @@ def test_a_step_budget_passes_through_unchanged():
 @pytest.mark.parametrize("name, mode", [("val/loss", "min"), ("val/perplexity", "min"), ("val/error", "min"),
                                         ("val/accuracy", "max"), ("val/balanced_accuracy", "max")])
 def test_best_mode_auto_follows_the_metric_name(name, mode):
-    task = SimpleNamespace(best_metric="val/loss")
-    assert BestMetric.of(cfg(best_metric=name), task) == BestMetric(name, mode)
+    import dataclasses
+
+    task = SimpleNamespace(best_metric="val/loss")   # the naming rule alone: any task's metric names
+    assert BestMetric.of(dataclasses.replace(cfg(), best_metric=name), task) == BestMetric(name, mode)
     flipped = "max" if mode == "min" else "min"
-    assert BestMetric.of(cfg(best_metric=name, best_mode=flipped), task).mode == flipped
+    assert BestMetric.of(dataclasses.replace(cfg(), best_metric=name, best_mode=flipped), task).mode == flipped
 
 
 def test_without_best_metric_the_tasks_default_is_used():
