@@ -26,7 +26,7 @@ from blueberry.config import RunConfig, dump_yaml
 from blueberry.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_PREEMPTED, RunFailed, UserError, first_line
 from blueberry.optim.build import build_optimizer
 from blueberry.optim.schedules import build_scheduler
-from blueberry.train import sharding
+from blueberry.train import parallel, sharding
 from blueberry.train.checkpoint import TrainerState, best_checkpoint
 from blueberry.train.checkpoint.formats import read_trainer_state
 from blueberry.train.checkpoint.manager import Checkpointer
@@ -114,6 +114,7 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
         # copy every forward would overwrite each rank's load counts.
         DistributedDataParallelKwargs(broadcast_buffers=False)])
     sharding.use_fsdp_on_cpu(accelerator, plugin)
+    parallel.check_degree(cfg, accelerator.num_processes)
     if cfg.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise UserError("mixed_precision=fp16: needs a GPU; use bf16 or no on CPU")
     return accelerator
@@ -124,6 +125,7 @@ def build_training(cfg: RunConfig, task, data, accelerator, scheduler_mode: str 
     cfg.compile, autocast per cfg.mixed_precision and wrapped for DDP by `accelerator.prepare`."""
     model = task.build_model(cfg, data)
     params = task.describe_model(model)
+    parallel.apply_expert_parallel(model, cfg, accelerator)   # expert_parallel > 1: this rank's experts only
     if cfg.compile:
         # In place (nn.Module.compile), not torch.compile(model): the module keeps its class and its
         # state_dict keys, so checkpoints, unwrap_model and `blueberry evaluate` are unchanged.
@@ -151,7 +153,11 @@ def optimizer_step(cfg: RunConfig, task, accelerator, model, optimizer, schedule
             accelerator.backward(loss / cfg.grad_accum)
         for name, value in parts.items():
             parts_sum[name] = parts_sum.get(name, 0) + value.detach().float() / cfg.grad_accum
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+    ep = parallel.of(model)
+    if ep is not None:   # expert parallel: the experts' gradients are reduced here, not by DDP / FSDP2
+        ep.reduce_expert_gradients()
+    clip = accelerator.clip_grad_norm_ if ep is None else ep.clip_grad_norm_
+    grad_norm = clip(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
     grad_norm = sharding.full_tensor(grad_norm)   # under FSDP2 a DTensor over the shards
     optimizer.step()
     scheduler.step()
