@@ -35,7 +35,7 @@ def check_degree(cfg, world_size: int) -> None:
     ep = expert_parallel_degree(cfg)
     if ep > 1 and world_size % ep:
         raise UserError(f"expert_parallel={ep}: must divide the number of processes ({world_size}); launch "
-                        f"a multiple of {ep} processes (e.g. launch/ep-cpu-2proc.yaml) or lower it")
+                        f"a multiple of {ep} processes (e.g. launch/cpu-2proc.yaml: 2) or lower it")
     if ep > 1 and cfg.compile:
         raise UserError(f"compile=true: not with expert_parallel={ep} (the token exchange sizes its "
                         "all-to-all on the host, a graph break per layer); set compile=false")
@@ -117,6 +117,7 @@ def apply_expert_parallel(model, cfg, accelerator) -> ExpertParallel | None:
     degree = expert_parallel_degree(cfg)
     if degree <= 1:
         return None
+    check_degree(cfg, accelerator.num_processes)
     ep = ExpertParallel(model, degree, accelerator.device.type)
     names = [name for name, p in model.named_parameters() if any(p is q for q in ep.parameters())]
     torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, names)

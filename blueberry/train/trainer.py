@@ -114,7 +114,6 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
         # copy every forward would overwrite each rank's load counts.
         DistributedDataParallelKwargs(broadcast_buffers=False)])
     sharding.use_fsdp_on_cpu(accelerator, plugin)
-    parallel.check_degree(cfg, accelerator.num_processes)
     if cfg.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise UserError("mixed_precision=fp16: needs a GPU; use bf16 or no on CPU")
     return accelerator
@@ -171,6 +170,7 @@ def train(cfg: RunConfig, task, resume_ckpt: Path | None = None,
     """Train `task` under `cfg`; returns (run dir, exit code). `allowed_changes` (field -> [old, new])
     are the run-defining fields a resume was explicitly allowed to change; summary.json records them."""
     accelerator = make_accelerator(cfg)
+    parallel.check_degree(cfg, accelerator.num_processes)   # a training layout: evaluate reads any run unsharded
     set_seed(cfg.seed)
     locks: list[rundir.RunLock] = []   # the main process holds its run dir's lock while it trains
     if resume_ckpt is not None and accelerator.is_main_process:
