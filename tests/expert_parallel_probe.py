@@ -1,5 +1,6 @@
 """Run under torchrun with 2 ranks (gloo): python expert_parallel_probe.py OUT.json CKPT_DIR.
 Rank 0 writes every rank's results to OUT.json; CKPT_DIR receives two run dirs with a checkpoint each.
+With 4 ranks it runs check 3 alone, at expert_parallel=2 (two EP groups that are replicas).
 
 1. collectives: what gloo does with torch's all-to-alls (uneven splits, empty splits, autograd).
 2. round_trip: the token exchange with identity experts, then with experts that tag their rows.
@@ -116,7 +117,7 @@ def full(t):
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
-def parity_check(layout: str, optimizer: str, rank: int, world: int, ckpt_root: Path | None) -> dict:
+def parity_check(layout: str, optimizer: str, rank: int, world: int, degree: int, ckpt_root: Path | None) -> dict:
     from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -140,7 +141,7 @@ def parity_check(layout: str, optimizer: str, rank: int, world: int, ckpt_root: 
     Experts.grouped = layout == "fsdp"
     cfg = LMConfig(d_model=32, n_heads=2, n_layers=2, n_experts=4, top_k=2, expert_d_ff=16, optimizer=optimizer,
                    bias_update_rate=0.01, z_loss_weight=0.001, grad_clip=1.0, warmup_steps=1, max_steps=10,
-                   expert_parallel=world)
+                   expert_parallel=degree)
     task, data = LMTask(), SimpleNamespace(payload={"vocab_size": VOCAB})
     accelerator = trainer.make_accelerator(cfg)
     set_seed(cfg.seed)
@@ -166,7 +167,7 @@ def parity_check(layout: str, optimizer: str, rank: int, world: int, ckpt_root: 
     ns = muon.zeropower_via_newtonschulz
 
     def counting_ns(G, *args, **kwargs):
-        counts["ns_local_experts"] += G.ndim == 3 and G.shape[0] == cfg.n_experts // world
+        counts["ns_local_experts"] += G.ndim == 3 and G.shape[0] == cfg.n_experts // degree
         return ns(G, *args, **kwargs)
 
     class Collectives(TorchDispatchMode):
@@ -254,12 +255,15 @@ def save_and_forward(accelerator, model, core, run_dir: Path) -> dict:
 def main(out_path: str, ckpt_root: str) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    assert world == 2, "the probe's splits are written for 2 ranks"
-    result = {"collectives": collectives_check(rank), "round_trip": round_trip_check(rank)}
-    for layout in ("ddp", "fsdp"):
-        for optimizer in ("adamw", "muon"):
-            root = Path(ckpt_root) if optimizer == "adamw" else None   # one checkpoint per layout
-            result[f"{layout}_{optimizer}"] = parity_check(layout, optimizer, rank, world, root)
+    if world == 2:
+        result = {"collectives": collectives_check(rank), "round_trip": round_trip_check(rank)}
+        for layout in ("ddp", "fsdp"):
+            for optimizer in ("adamw", "muon"):
+                root = Path(ckpt_root) if optimizer == "adamw" else None   # one checkpoint per layout
+                result[f"{layout}_{optimizer}"] = parity_check(layout, optimizer, rank, world, 2, root)
+    else:   # 4 ranks: two EP groups of 2, replicas of each other (their expert gradients all-reduced)
+        result = {f"{layout}_{optimizer}": parity_check(layout, optimizer, rank, world, 2, None)
+                  for layout, optimizer in (("ddp", "adamw"), ("fsdp", "muon"))}
     report = [None] * world
     dist.all_gather_object(report, result)
     if rank == 0:

@@ -21,16 +21,20 @@ LAYOUTS = ["ddp_adamw", "ddp_muon", "fsdp_adamw", "fsdp_muon"]
 TOLERANCE = 1e-4   # loss curves of whole runs, as tests/test_fsdp.py
 
 
-@pytest.fixture(scope="module")
-def probe(tmp_path_factory):
-    """tests/expert_parallel_probe.py under torchrun, once: every rank's results, and its checkpoints."""
-    base = tmp_path_factory.mktemp("ep-probe")
+def run_probe(ranks: int, base: Path) -> list[dict]:
+    """tests/expert_parallel_probe.py under torchrun: every rank's results (checkpoints go under `base`)."""
     out = base / "probe.json"
-    res = subprocess.run([TORCHRUN, "--nproc_per_node=2", str(REPO / "tests" / "expert_parallel_probe.py"), str(out),
-                          str(base)], cwd=base, capture_output=True, text=True, timeout=300,
+    res = subprocess.run([TORCHRUN, f"--nproc_per_node={ranks}", str(REPO / "tests" / "expert_parallel_probe.py"),
+                          str(out), str(base)], cwd=base, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory):
+    """The probe on 2 ranks, once."""
+    return run_probe(2, tmp_path_factory.mktemp("ep-probe"))
 
 
 def test_gloo_all_to_all_uneven_splits_need_the_single_tensor_form(probe):
@@ -64,6 +68,17 @@ def test_ep2_equals_one_process_gradient_by_gradient(probe, layout):
         # really expert parallel: 2 of the 4 experts here; per MoE layer 3 all-to-alls forward, 2 backward
         assert run["expert_local_rows"] == [2] * 6 and run["all_to_alls_per_step"] == 2 * 5
         assert run["sharded"] == run["other_params_dtensor"] == layout.startswith("fsdp")
+
+
+def test_two_ep_groups_of_two_on_four_ranks_equal_one_process(tmp_path):
+    """expert_parallel=2 of 4 ranks: each expert is held by two ranks, whose gradients are all-reduced."""
+    ranks = run_probe(4, tmp_path)
+    assert len(ranks) == 4
+    for rank in ranks:
+        for layout in ("ddp_adamw", "fsdp_muon"):
+            run = rank[layout]
+            assert run["grads_compared"] == 54 and run["grad_errors"] == [] and run["max_weight_diff"] < 1e-6
+            assert run["expert_bytes"] * 2 == run["expert_bytes_total"]
 
 
 def test_muon_orthogonalises_each_local_expert_without_communication(probe):
