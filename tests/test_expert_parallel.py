@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from blueberry import rundir
+from probes import probes
 from test_fsdp import curve, launch, max_gap   # the FSDP tests' launcher and curves (2 blocks, 20 steps)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +91,9 @@ def test_muon_orthogonalises_each_local_expert_without_communication(probe):
     assert probe[0]["ddp_muon"]["losses"] != probe[0]["ddp_adamw"]["losses"]
 
 
+@probes("expert_parallel")
 def test_each_rank_holds_half_of_the_expert_bytes(probe):
+    """Measured from the local tensors: expert_parallel=2 against the same model at expert_parallel=1."""
     for rank in probe:
         for layout in LAYOUTS:
             run = rank[layout]
