@@ -10,6 +10,7 @@ With 4 ranks it runs check 3 alone, at expert_parallel=2 (two EP groups that are
 4. memory: the bytes of expert parameters each rank holds, against the model's total.
 5. checkpoint: each layout's EP model saved by the trainer's Checkpointer, and its logits on a fixed batch
    (the test loads the checkpoint into one process and compares).
+6. fsdp_bf16: one step of EP + FSDP2 with mixed_precision=bf16.
 """
 
 import contextlib
@@ -117,19 +118,16 @@ def full(t):
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
-def parity_check(layout: str, optimizer: str, rank: int, world: int, degree: int, ckpt_root: Path | None) -> dict:
+def prepared(layout: str, **fields):
+    """(cfg, task, data, accelerator, model, optimizer, scheduler) as the trainer builds them for a
+    tiny MoE at expert_parallel=2 under `layout` (ddp | fsdp): a fresh Accelerator in this process."""
     from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
-    from torch.utils._python_dispatch import TorchDispatchMode
 
-    import blueberry.optim.muon as muon
     from blueberry.config import LMConfig
-    from blueberry.memory import measure
     from blueberry.models.moe import Experts
-    from blueberry.optim.build import build_optimizer
-    from blueberry.optim.schedules import build_scheduler
     from blueberry.tasks.lm import LMTask
-    from blueberry.train import sharding, trainer
+    from blueberry.train import trainer
 
     AcceleratorState._reset_state(reset_partial_state=True)   # a new Accelerator for each layout in one process
     for key, value in FSDP_ENV.items():
@@ -139,13 +137,26 @@ def parity_check(layout: str, optimizer: str, rank: int, world: int, degree: int
             os.environ.pop(key, None)
     # The grouped GEMM path in one of the layouts (a GPU's default), the CPU's loop in the other.
     Experts.grouped = layout == "fsdp"
-    cfg = LMConfig(d_model=32, n_heads=2, n_layers=2, n_experts=4, top_k=2, expert_d_ff=16, optimizer=optimizer,
-                   bias_update_rate=0.01, z_loss_weight=0.001, grad_clip=1.0, warmup_steps=1, max_steps=10,
-                   expert_parallel=degree)
+    cfg = LMConfig(d_model=32, n_heads=2, n_layers=2, n_experts=4, top_k=2, expert_d_ff=16, bias_update_rate=0.01,
+                   z_loss_weight=0.001, grad_clip=1.0, warmup_steps=1, max_steps=10, expert_parallel=2, **fields)
     task, data = LMTask(), SimpleNamespace(payload={"vocab_size": VOCAB})
     accelerator = trainer.make_accelerator(cfg)
     set_seed(cfg.seed)
-    model, opt, scheduler, _ = trainer.build_training(cfg, task, data, accelerator)
+    return cfg, task, data, accelerator, *trainer.build_training(cfg, task, data, accelerator)[:3]
+
+
+def parity_check(layout: str, optimizer: str, rank: int, world: int, ckpt_root: Path | None) -> dict:
+    from accelerate.utils import set_seed
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import blueberry.optim.muon as muon
+    from blueberry.models.moe import Experts
+    from blueberry.optim.build import build_optimizer
+    from blueberry.optim.schedules import build_scheduler
+    from blueberry.train import sharding, trainer
+
+    cfg, task, data, accelerator, model, opt, scheduler = prepared(layout, optimizer=optimizer)
+    degree = cfg.expert_parallel
     core = accelerator.unwrap_model(model)
     set_seed(cfg.seed)
     one_cfg = dataclasses.replace(cfg, expert_parallel=1, grad_accum=world)
@@ -233,6 +244,18 @@ def parity_check(layout: str, optimizer: str, rank: int, world: int, degree: int
     return result
 
 
+def bf16_check() -> dict:
+    """FSDP2's bf16 policy casts the blocks it manages; the EP experts it does not manage must follow."""
+    from blueberry.train import trainer
+
+    cfg, task, _, accelerator, model, opt, scheduler = prepared("fsdp", mixed_precision="bf16")
+    tokens = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(3))
+    parts = {}
+    trainer.optimizer_step(cfg, task, accelerator, model, opt, scheduler, iter([(tokens[:, :-1], tokens[:, 1:])]), parts)
+    experts = accelerator.unwrap_model(model).blocks[0].ffn.experts
+    return {"loss": parts["loss"].item(), "expert_weight_dtype": str(experts.w_gate.dtype)}
+
+
 def save_and_forward(accelerator, model, core, run_dir: Path) -> dict:
     """The trainer's Checkpointer saves step 3; the EP model's logits on a fixed batch (every rank forwards)."""
     from blueberry.train.checkpoint import TrainerState
@@ -260,9 +283,10 @@ def main(out_path: str, ckpt_root: str) -> None:
         for layout in ("ddp", "fsdp"):
             for optimizer in ("adamw", "muon"):
                 root = Path(ckpt_root) if optimizer == "adamw" else None   # one checkpoint per layout
-                result[f"{layout}_{optimizer}"] = parity_check(layout, optimizer, rank, world, 2, root)
+                result[f"{layout}_{optimizer}"] = parity_check(layout, optimizer, rank, world, root)
+        result["fsdp_bf16"] = bf16_check()
     else:   # 4 ranks: two EP groups of 2, replicas of each other (their expert gradients all-reduced)
-        result = {f"{layout}_{optimizer}": parity_check(layout, optimizer, rank, world, 2, None)
+        result = {f"{layout}_{optimizer}": parity_check(layout, optimizer, rank, world, None)
                   for layout, optimizer in (("ddp", "adamw"), ("fsdp", "muon"))}
     report = [None] * world
     dist.all_gather_object(report, result)

@@ -71,6 +71,14 @@ def test_ep2_equals_one_process_gradient_by_gradient(probe, layout):
         assert run["sharded"] == run["other_params_dtensor"] == layout.startswith("fsdp")
 
 
+def test_ep_under_fsdp2_bf16_casts_the_experts_as_fsdp2_casts_the_rest(probe):
+    import math
+
+    for rank in probe:
+        run = rank["fsdp_bf16"]
+        assert math.isfinite(run["loss"]) and run["expert_weight_dtype"] == "torch.float32"   # fp32 master weights
+
+
 def test_two_ep_groups_of_two_on_four_ranks_equal_one_process(tmp_path):
     """expert_parallel=2 of 4 ranks: each expert is held by two ranks, whose gradients are all-reduced."""
     ranks = run_probe(4, tmp_path)

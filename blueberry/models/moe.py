@@ -195,6 +195,10 @@ class Experts(nn.Module):
             # Autocast does not cover _grouped_mm; cast as it would cast an nn.Linear.
             dtype = torch.get_autocast_dtype(x.device.type)
             x, weights = x.to(dtype), tuple(w.to(dtype) for w in weights)
+        elif x.dtype != weights[0].dtype:
+            # FSDP2's bf16 policy casts the parameters it manages; expert-parallel experts are not among
+            # them, so they are cast here as it would cast them (their gradients still land in fp32).
+            weights = tuple(w.to(x.dtype) for w in weights)
         return dispatch(x, topk_idx, topk_w, *weights, grouped=self.grouped, exchange=self.exchange)
 
 
