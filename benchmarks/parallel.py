@@ -13,16 +13,13 @@ first few (benchmarks/ranks.py); layouts alternate, so other load on the machine
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from benchmarks.common import print_table, write_json
-from benchmarks.ranks import SKIP_FIRST, tokens_per_s
+from benchmarks.ranks import alternate, parse_args
 
 REPO = Path(__file__).resolve().parents[1]
 # layout -> (launch config, extra options)
@@ -42,26 +39,9 @@ def command(layout: str, args, out_dir: Path) -> list[str]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.parallel", description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default="moe-exp8")
-    parser.add_argument("--steps", type=int, default=12, help="optimizer steps per run (default 12)")
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each layout, alternating (default 2)")
-    parser.add_argument("--out", help="JSON path (default benchmarks/results/parallel-cpu.json)")
-    parser.add_argument("extra", nargs="*", help="more `blueberry train lm` options, after --")
-    args = parser.parse_args(argv)
-    if args.steps <= SKIP_FIRST + 2:
-        raise SystemExit(f"--steps: give more than {SKIP_FIRST + 2}")
+    args = parse_args(argv, "python -m benchmarks.parallel", __doc__.split("\n")[0], "moe-exp8", 12, "layout")
     env = {**os.environ, "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
-    rates: dict[str, list[float]] = {layout: [] for layout in LAYOUTS}
-    with tempfile.TemporaryDirectory(prefix="bb-parallel-") as tmp:
-        for i in range(args.repeats):
-            for j, layout in enumerate(LAYOUTS):
-                out_dir = Path(tmp) / f"l{j}-{i}"
-                res = subprocess.run(command(layout, args, out_dir), cwd=tmp, env=env, capture_output=True, text=True)
-                if res.returncode != 0:
-                    raise SystemExit(f"{layout} failed:\n{res.stderr[-3000:]}")
-                rates[layout].append(statistics.median(tokens_per_s(out_dir)))
-                print(f"run {i + 1}, {layout}: {rates[layout][-1]:,.0f} tokens/s", flush=True)
+    rates = alternate(LAYOUTS, lambda layout, out_dir: (command(layout, args, out_dir), env), args.repeats)
     median = {k: statistics.median(v) for k, v in rates.items()}
     print()
     print_table(["layout (2 CPU ranks)", "tokens/s (median of runs)", "runs", "/ DDP"],

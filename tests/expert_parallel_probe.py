@@ -15,7 +15,6 @@ With 4 ranks it runs check 3 alone, at expert_parallel=2 (two EP groups that are
 
 import contextlib
 import dataclasses
-import json
 import os
 import sys
 from pathlib import Path
@@ -23,6 +22,8 @@ from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
+
+from fsdp_probe import report_and_exit   # tests/ is the script's folder: on sys.path
 
 STEPS = 3
 VOCAB = 64
@@ -288,16 +289,7 @@ def main(out_path: str, ckpt_root: str) -> None:
     else:   # 4 ranks: two EP groups of 2, replicas of each other (their expert gradients all-reduced)
         result = {f"{layout}_{optimizer}": parity_check(layout, optimizer, rank, world, None)
                   for layout, optimizer in (("ddp", "adamw"), ("fsdp", "muon"))}
-    report = [None] * world
-    dist.all_gather_object(report, result)
-    if rank == 0:
-        Path(out_path).write_text(json.dumps(report))
-    dist.barrier()
-    dist.destroy_process_group()
-    # torch's gloo teardown can abort at interpreter exit after all work is done (NOTES.md).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    report_and_exit(result, out_path)
 
 
 if __name__ == "__main__":
