@@ -200,6 +200,6 @@ def test_bad_degrees_are_one_line_before_any_work(cli):
         lines = res.stderr.strip().splitlines()
         assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr
         assert not list((cli.cwd / "runs").glob("*"))   # no run dir
-    with pytest.raises(UserError, match="compile=true: not with expert_parallel=2"):
-        check_degree(LMConfig(expert_parallel=2, compile=True), 2)
     check_degree(LMConfig(expert_parallel=2), 4)   # two groups of two: allowed
+    with pytest.raises(UserError, match="expert_parallel=4: must divide the number of processes"):
+        check_degree(LMConfig(expert_parallel=4), 6)

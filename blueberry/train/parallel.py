@@ -36,9 +36,6 @@ def check_degree(cfg, world_size: int) -> None:
     if ep > 1 and world_size % ep:
         raise UserError(f"expert_parallel={ep}: must divide the number of processes ({world_size}); launch "
                         f"a multiple of {ep} processes (e.g. launch/cpu-2proc.yaml: 2) or lower it")
-    if ep > 1 and cfg.compile:
-        raise UserError(f"compile=true: not with expert_parallel={ep} (the token exchange sizes its "
-                        "all-to-all on the host, a graph break per layer); set compile=false")
 
 
 class ExpertParallel:
