@@ -12,6 +12,10 @@ Parts, each the project's own benchmark called as a function:
               in a fresh interpreter, synthetic data with an 8192-token BPE (the hub is not needed); its
               wall time, its exit code and the last logged tokens/s. The first build of the token cache
               needs `datasets` and `rensa`: where one is missing this part names it and the rest runs.
+  expert_parallel  moe-exp8's shape, fp32, 20 steps on 2 GPUs over NCCL: `--expert_parallel=2` and plain
+              DDP, against one process on the same global batches; the largest train-loss gap to one
+              process (goal: < 1e-4) and each layout's tokens/s. Needs 2 GPUs (NCCL puts one rank on
+              each); with fewer it says so. --smoke: 2 CPU ranks over gloo at tiny shapes.
 
 Nothing here imports wandb or datasets (the GPU image has neither); a part that fails is recorded with
 its error and the suite goes on, so one JSON always comes back.
@@ -104,7 +108,45 @@ def _train_e2e(smoke: bool, out: Path) -> dict:
     return result
 
 
-PARTS = {"moe_layer": _moe_layer, "train_step": _train_step, "peers": _peers, "train_e2e": _train_e2e}
+def _expert_parallel(smoke: bool, out: Path) -> dict:
+    import torch
+
+    if not smoke and torch.cuda.device_count() < 2:
+        return {"skipped": f"needs 2 GPUs for 2 NCCL ranks; this machine has {torch.cuda.device_count()}"}
+    if smoke:
+        model = [*[f"--{k}={v}" for k, v in SMOKE_MODEL.items()], "--tokenizer=bpe:300", "--synthetic_docs=300",
+                 "--max_steps=4"]
+        two = ["--config_file", str(ROOT / "launch" / "cpu-2proc.yaml")]
+    else:
+        model = ["--preset=moe-exp8", "--tokenizer=bpe:8192", "--batch_size=8", "--seq_len=512", "--max_steps=20"]
+        two = ["--multi_gpu", "--num_processes=2"]
+    common = ["-m", "blueberry.cli", "train", "lm", *model, "--data=synthetic", "--dropout=0", "--eval_batches=1",
+              "--eval_every=1000", "--log_every=1", "--wandb_mode=disabled", "--mixed_precision=no"]
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", *two, "--main_process_port=0"]
+    env = {**os.environ, "BLUEBERRY_CACHE": str(out / "cache"), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    layouts = {"one process": [sys.executable, *common, "--grad_accum=2"],
+               "EP=2": [*accelerate, *common, "--expert_parallel=2"]}
+    if not smoke:   # the comparison that needs real devices
+        layouts["DDP"] = [*accelerate, *common]
+    result, losses = {}, {}
+    for name, cmd in layouts.items():
+        run_out = out / name.replace(" ", "_").replace("=", "")
+        proc = subprocess.run([*cmd, f"--out_dir={run_out}"], env=env, capture_output=True, text=True, cwd=out,
+                              timeout=900)
+        if proc.returncode:
+            return {**result, "error": f"{name}: {(proc.stderr or proc.stdout).strip()[-2000:]}"}
+        (metrics,) = run_out.glob("*/metrics.jsonl")
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        losses[name] = {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+        rates = [r["train/tokens_per_s"] for r in rows if "train/tokens_per_s" in r][2:]   # past start-up
+        result[f"{name}_tokens_per_s"] = sorted(rates)[len(rates) // 2] if rates else None
+    gap = max(abs(losses["EP=2"][s] - losses["one process"][s]) for s in losses["one process"])
+    return {**result, "max_loss_gap_ep_vs_one_process": gap, "goal_gap_below_1e-4": gap < 1e-4,
+            "steps": len(losses["EP=2"])}
+
+
+PARTS = {"moe_layer": _moe_layer, "train_step": _train_step, "peers": _peers, "train_e2e": _train_e2e,
+         "expert_parallel": _expert_parallel}
 
 
 def main(argv=None) -> dict:
@@ -131,7 +173,8 @@ def main(argv=None) -> dict:
             part_dir = Path(tmp) / name
             part_dir.mkdir()
             try:
-                result = PARTS[name](args.smoke, part_dir if name == "train_e2e" else part_dir / f"{name}.json")
+                result = PARTS[name](args.smoke, part_dir if name in ("train_e2e", "expert_parallel")
+                                     else part_dir / f"{name}.json")
             except Exception as e:   # noqa: BLE001 - one failed part must not lose the others' figures
                 traceback.print_exc()
                 result = {"error": f"{type(e).__name__}: {e}"}

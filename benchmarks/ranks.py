@@ -46,33 +46,49 @@ def tokens_per_s(out_dir: Path) -> list[float]:
             if "train/tokens_per_s" in r and r["step"] > SKIP_FIRST]
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.ranks", description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default="lm-tiny")
-    parser.add_argument("--steps", type=int, default=30, help="optimizer steps per run (default 30)")
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each kind, alternating (default 2)")
-    parser.add_argument("--out", help="JSON path (default benchmarks/results/ranks-cpu.json)")
+def parse_args(argv, prog: str, description: str, preset: str, steps: int, repeats_of: str) -> argparse.Namespace:
+    """The options every run-alternating benchmark takes (this one and benchmarks/parallel.py)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--preset", default=preset)
+    parser.add_argument("--steps", type=int, default=steps, help=f"optimizer steps per run (default {steps})")
+    parser.add_argument("--repeats", type=int, default=2, help=f"runs of each {repeats_of}, alternating (default 2)")
+    parser.add_argument("--out", help=f"JSON path (default benchmarks/results/{prog.rsplit('.', 1)[-1]}-cpu.json)")
     parser.add_argument("extra", nargs="*", help="more `blueberry train lm` options, after --")
     args = parser.parse_args(argv)
     if args.steps <= SKIP_FIRST + 2:
         raise SystemExit(f"--steps: give more than {SKIP_FIRST + 2}")
-    env = {**os.environ, "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
-    rates: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    return args
+
+
+def alternate(kinds, launch, repeats: int) -> dict[str, list[float]]:
+    """Each kind's runs, `repeats` rounds of one run per kind, so load from other processes hits all alike;
+    launch(kind, out_dir) -> (command, environment). Returns each run's median tokens/s per kind."""
+    rates: dict[str, list[float]] = {kind: [] for kind in kinds}
     with tempfile.TemporaryDirectory(prefix="bb-ranks-") as tmp:
-        for i in range(args.repeats):
-            for j, (kind, (ranks, threads)) in enumerate(KINDS.items()):
+        for i in range(repeats):
+            for j, kind in enumerate(kinds):
                 out_dir = Path(tmp) / f"k{j}-{i}"
-                run_env = {**env, "OMP_NUM_THREADS": str(threads)} if threads else env
-                res = subprocess.run(command(ranks, args, out_dir), cwd=tmp, env=run_env, capture_output=True,
-                                     text=True)
+                cmd, env = launch(kind, out_dir)
+                res = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
                 if res.returncode != 0:
                     raise SystemExit(f"{kind} failed:\n{res.stderr[-3000:]}")
                 run_rates = tokens_per_s(out_dir)
                 rates[kind].append(statistics.median(run_rates))
-                print(f"run {i + 1}, {kind}: {statistics.median(run_rates):,.0f} tokens/s "
-                      f"(steps {SKIP_FIRST + 1}-{args.steps}, p25-p75 "
-                      f"{statistics.quantiles(run_rates, n=4)[0]:,.0f}-{statistics.quantiles(run_rates, n=4)[2]:,.0f})",
-                      flush=True)
+                quartiles = statistics.quantiles(run_rates, n=4)
+                print(f"run {i + 1}, {kind}: {statistics.median(run_rates):,.0f} tokens/s (steps {SKIP_FIRST + 1}-"
+                      f"{SKIP_FIRST + len(run_rates)}, p25-p75 {quartiles[0]:,.0f}-{quartiles[2]:,.0f})", flush=True)
+    return rates
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv, "python -m benchmarks.ranks", __doc__.split("\n")[0], "lm-tiny", 30, "kind")
+    env = {**os.environ, "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+
+    def launch(kind: str, out_dir: Path):
+        ranks, threads = KINDS[kind]
+        return command(ranks, args, out_dir), ({**env, "OMP_NUM_THREADS": str(threads)} if threads else env)
+
+    rates = alternate(KINDS, launch, args.repeats)
     median = {k: statistics.median(v) for k, v in rates.items()}
     one, two = median["1 process"], median["2 ranks"]
     print()

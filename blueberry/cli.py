@@ -199,14 +199,16 @@ def sync(paths, dry_run, project, entity):
 @click.option("--world-size", type=click.IntRange(min=1), default=8, show_default=True, help="Ranks to shard over.")
 @click.option("--vocab-size", type=click.IntRange(min=1), default=None,
               help="Vocabulary size (default: the config's tokenizer, which must then be bpe:N or cached).")
-def memory(preset, config_file, world_size, vocab_size):
-    """Estimate per-rank bytes of parameters, gradients and optimizer state under DDP and FSDP2."""
+@click.option("--expert-parallel", type=click.IntRange(min=1), default=None,
+              help="Also estimate expert parallelism of this degree (default: the config's expert_parallel).")
+def memory(preset, config_file, world_size, vocab_size, expert_parallel):
+    """Estimate per-rank bytes of parameters, gradients and optimizer state under DDP, FSDP2 and expert parallelism."""
     from blueberry.config import LMConfig
     from blueberry.memory import estimate_table
 
     cfg = resolve(LMConfig, file_values=read_config_file(config_file) if config_file else {},
                   cli_values={"preset": preset}, source=config_file or "config")
-    click.echo(estimate_table(cfg, world_size, vocab_size))
+    click.echo(estimate_table(cfg, world_size, vocab_size, expert_parallel))
 
 
 @main.command(help="""Coordinate check of a parametrization: train a few steps at several widths and compare

@@ -213,6 +213,7 @@ class LMConfig(RunConfig):
     lb_weight: float = option(0.03, "Weight of the Switch load-balancing loss E*sum(f_i*P_i); 0 = off. 0.03 (with bias_update_rate 0.001): measured over seeds on lm-tiny and moe-exp3 (docs/training.md).", min=0)
     z_loss_weight: float = option(0.0, "Weight of the router z-loss mean(logsumexp(logits)^2); 0 = off.", min=0)
     bias_update_rate: float = option(0.001, "Aux-loss-free balancing: step of the routing bias toward equal load after each optimizer step; 0 = off. 0.001 (with lb_weight 0.03): measured over seeds on lm-tiny and moe-exp3 (docs/training.md).", min=0)
+    expert_parallel: int = option(1, "Expert parallelism degree: each group of this many consecutive processes splits every MoE layer's experts among its ranks and exchanges tokens (all-to-all); must divide n_experts and the number of processes. 1 = off (every rank holds every expert).", min=1)
 
     def validate(self) -> None:
         super().validate()
@@ -220,6 +221,9 @@ class LMConfig(RunConfig):
             raise UserError(f"n_heads={self.n_heads}: must divide d_model ({self.d_model})")
         if self.n_experts and self.top_k > self.n_experts:
             raise UserError(f"top_k={self.top_k}: must be <= n_experts ({self.n_experts})")
+        if self.expert_parallel > 1 and (not self.n_experts or self.n_experts % self.expert_parallel):
+            raise UserError(f"expert_parallel={self.expert_parallel}: must divide n_experts ({self.n_experts}); "
+                            "each rank holds n_experts/expert_parallel whole experts")
         if self.attention == "mla" and self.mla_rope_dim % 2:
             raise UserError(f"mla_rope_dim={self.mla_rope_dim}: must be even")
         if (self.d_model // self.n_heads) % 2:

@@ -1,7 +1,8 @@
 """Per-rank memory of a run's training state: parameters, gradients and optimizer state.
 
-Estimated from the parameter shapes for DDP (every rank holds everything) and FSDP2 (every tensor
-split on dim 0 in torch.chunk rows), and measured from the local tensors a rank really holds.
+Estimated from the parameter shapes for DDP (every rank holds everything), FSDP2 (every tensor
+split on dim 0 in torch.chunk rows) and expert parallelism (each rank holds 1/EP of every MoE layer's
+experts, the rest as under DDP or FSDP2), and measured from the local tensors a rank really holds.
 Activations, all-gathered parameters in flight and allocator slack come on top; they depend on the
 batch, not on the world size.
 """
@@ -38,17 +39,22 @@ def _rows_on_rank0(shape, world_size: int) -> int:
     return rows * rest
 
 
-def estimate(model, optimizer_name: str, world_size: int, sharded: bool) -> StateBytes:
-    """Rank 0's bytes of fp32 parameters, gradients and optimizer state under DDP or FSDP2.
+def estimate(model, optimizer_name: str, world_size: int, sharded: bool, expert_parallel: int = 1) -> StateBytes:
+    """Rank 0's bytes of fp32 parameters, gradients and optimizer state under DDP or FSDP2, with the
+    experts spread over `expert_parallel` ranks (train/parallel.py: whole experts, never FSDP-sharded).
 
     Optimizer state per element as optim.build.state_copies. `model` may live on the meta device.
     """
+    from blueberry.models.moe import Experts
     from blueberry.optim.build import partition_params, state_copies
 
     parts = partition_params(model)
     per_elem = 4   # fp32 master weights, gradients and state, also under bf16 mixed precision
+    experts = {id(p) for m in model.modules() if isinstance(m, Experts) for p in m.parameters()}
 
     def size(p) -> int:
+        if expert_parallel > 1 and id(p) in experts:
+            return p.numel() // expert_parallel   # a DTensor's numel is the whole stack's
         return _rows_on_rank0(tuple(p.shape), world_size) if sharded else p.numel()
 
     params = sum(size(p) for kind in parts.values() for p in kind)
@@ -91,9 +97,10 @@ def lm_vocab_size(tokenizer: str) -> int:
     return pretrained(tokenizer).vocab_size
 
 
-def estimate_table(cfg, world_size: int, vocab_size: int | None = None) -> str:
-    """`blueberry memory`: rank 0's estimated training state under DDP and FSDP2 at `world_size`,
-    from the LM config's model built on the meta device (no memory, no data)."""
+def estimate_table(cfg, world_size: int, vocab_size: int | None = None, expert_parallel: int | None = None) -> str:
+    """`blueberry memory`: rank 0's estimated training state under DDP and FSDP2 at `world_size`, and
+    with expert parallelism when `expert_parallel` (default: the config's) is above 1; from the LM
+    config's model built on the meta device (no memory, no data)."""
     import torch
 
     from blueberry.errors import UserError
@@ -103,10 +110,22 @@ def estimate_table(cfg, world_size: int, vocab_size: int | None = None) -> str:
         raise UserError(f"task={cfg.task}: memory estimates cover lm runs (scanline models fit any one device)")
     if world_size < 1:
         raise UserError(f"world_size={world_size}: must be at least 1")
+    ep = expert_parallel or cfg.expert_parallel
+    if ep > 1 and (world_size % ep or not cfg.n_experts or cfg.n_experts % ep):
+        raise UserError(f"expert_parallel={ep}: must divide the world size ({world_size}) and n_experts "
+                        f"({cfg.n_experts})")
     with torch.device("meta"):
         model = Decoder(cfg, vocab_size or lm_vocab_size(cfg.tokenizer))
+    name = f"{cfg.preset or cfg.name} ({cfg.optimizer})"
     ddp = estimate(model, cfg.optimizer, world_size, sharded=False)
     fsdp = estimate(model, cfg.optimizer, world_size, sharded=True)
-    name = f"{cfg.preset or cfg.name} ({cfg.optimizer})"
-    return (format_table([(f"{name}, DDP, any world size", ddp), (f"{name}, FSDP2, {world_size} ranks", fsdp)])
-            + f"\nFSDP2 / DDP per rank: {fsdp.total / ddp.total:.3f}")
+    rows = [(f"{name}, DDP, any world size", ddp), (f"{name}, FSDP2, {world_size} ranks", fsdp)]
+    ratios = f"FSDP2 / DDP per rank: {fsdp.total / ddp.total:.3f}"
+    if ep > 1:
+        ep_ddp = estimate(model, cfg.optimizer, world_size, sharded=False, expert_parallel=ep)
+        ep_fsdp = estimate(model, cfg.optimizer, world_size, sharded=True, expert_parallel=ep)
+        rows += [(f"{name}, EP={ep} + DDP, {world_size} ranks", ep_ddp),
+                 (f"{name}, EP={ep} + FSDP2, {world_size} ranks", ep_fsdp)]
+        ratios += (f"; EP={ep} + DDP / DDP: {ep_ddp.total / ddp.total:.3f}; "
+                   f"EP={ep} + FSDP2 / DDP: {ep_fsdp.total / ddp.total:.3f}")
+    return format_table(rows) + "\n" + ratios

@@ -181,8 +181,13 @@ def memory_check(cfg, task, data, accelerator, model, optimizer, batches) -> dic
 def main(out_path: str) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    result = {"muon": muon_check(rank), "trainer": trainer_step_check()}
-    report = [None, None]
+    report_and_exit({"muon": muon_check(rank), "trainer": trainer_step_check()}, out_path)
+
+
+def report_and_exit(result: dict, out_path: str) -> None:
+    """Rank 0 writes every rank's `result` to out_path as one JSON list; then the ranks leave (a probe's end)."""
+    rank = dist.get_rank()
+    report = [None] * dist.get_world_size()
     dist.all_gather_object(report, result)
     if rank == 0:
         with open(out_path, "w") as f:

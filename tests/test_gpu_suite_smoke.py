@@ -19,7 +19,7 @@ def test_gpu_suite_smoke_runs_every_part_without_wandb_or_datasets(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     parts = json.loads(out.read_text())["parts"]
-    assert sorted(parts) == ["moe_layer", "peers", "train_e2e", "train_step"]
+    assert sorted(parts) == ["expert_parallel", "moe_layer", "peers", "train_e2e", "train_step"]
     for name, part in parts.items():
         assert "error" not in part, f"{name}: {part['error']}"
     assert parts["moe_layer"]["speedup_vs_mask_loop"]["exp3"] > 0
@@ -32,3 +32,5 @@ def test_gpu_suite_smoke_runs_every_part_without_wandb_or_datasets(tmp_path):
     e2e = parts["train_e2e"]
     assert e2e["exit_code"] == 0 and e2e["steps_logged"] == 3 and e2e["last_tokens_per_s"] > 0
     assert e2e["final_val_loss"] > 0
+    ep = parts["expert_parallel"]   # 2 gloo ranks here, 2 NCCL ranks on a GPU machine
+    assert ep["steps"] == 4 and ep["max_loss_gap_ep_vs_one_process"] < 1e-4 and ep["EP=2_tokens_per_s"] > 0

@@ -4,11 +4,16 @@ Nothing on the grouped path reads a tensor back to the host, so a GPU forward/ba
 on routing decisions. On the CPU the experts run one after another instead (see grouped_by_default).
 """
 
-from typing import NamedTuple
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from blueberry.models.expert_parallel import TokenExchange
 
 
 class SwiGLU(nn.Module):
@@ -141,22 +146,29 @@ def _looped_swiglu(xs, offsets, w_gate, w_up, w_down):
 
 def dispatch(x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor,
              w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
-             *, grouped: bool | None = None) -> torch.Tensor:
+             *, grouped: bool | None = None, exchange: TokenExchange | None = None) -> torch.Tensor:
     """sum_j topk_w[n, j] * SwiGLU_{topk_idx[n, j]}(x[n]) for x [N, D]; returns [N, D].
 
     The N*k assignments are sorted by expert so each expert reads one contiguous slice; the
     grouped GEMM then runs all experts in one call. `grouped`: None = the device's default
     (grouped_by_default) where torch._grouped_mm applies, else the per-expert loop; True/False force a path.
+    Expert parallel (`exchange`): the weights are this rank's experts only; the sorted rows travel to
+    the ranks holding their experts and the outputs come back before they are mixed.
     """
     N, k = topk_idx.shape
     flat = topk_idx.reshape(-1)
     order = torch.argsort(flat, stable=True)
     token = order // k  # the row of x each sorted assignment reads
-    offsets = expert_counts(flat, w_gate.shape[0]).cumsum(0).to(torch.int32)
+    counts = expert_counts(flat, exchange.n_experts if exchange else w_gate.shape[0])
     xs = x.index_select(0, token)
+    if exchange is not None:
+        xs, counts, route = exchange.dispatch(xs, counts)
+    offsets = counts.cumsum(0).to(torch.int32)
     if grouped is None:
         grouped = grouped_by_default(x.device) and _grouped_mm_applies(xs, w_gate, w_up, w_down)
     ys = (_grouped_swiglu if grouped else _looped_swiglu)(xs, offsets, w_gate, w_up, w_down)
+    if exchange is not None:
+        ys = exchange.combine(ys, route)
     ys = ys * topk_w.reshape(-1)[order].unsqueeze(-1).to(ys.dtype)
     return x.new_zeros(x.shape).index_add(0, token, ys.to(x.dtype))
 
@@ -166,6 +178,9 @@ class Experts(nn.Module):
 
     # dispatch's path: None = the device's default (grouped_by_default); True/False force one (to compare).
     grouped: bool | None = None
+    # Expert parallel (train/parallel.py): the weights are DTensors sharded on the expert dim, this rank
+    # computes its own experts, and the exchange moves the tokens. None: every expert is here.
+    exchange: TokenExchange | None = None
 
     def __init__(self, n_experts: int, d_model: int, d_ff: int):
         super().__init__()
@@ -174,12 +189,17 @@ class Experts(nn.Module):
         self.w_down = nn.Parameter(torch.empty(n_experts, d_model, d_ff).normal_(0.0, 0.02))
 
     def forward(self, x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor) -> torch.Tensor:
-        weights = (self.w_gate, self.w_up, self.w_down)
+        # A DTensor's local shard: its gradient comes back as the DTensor's (Shard(0)) gradient.
+        weights = tuple(w.to_local() if self.exchange is not None else w for w in (self.w_gate, self.w_up, self.w_down))
         if torch.is_autocast_enabled(x.device.type):
             # Autocast does not cover _grouped_mm; cast as it would cast an nn.Linear.
             dtype = torch.get_autocast_dtype(x.device.type)
             x, weights = x.to(dtype), tuple(w.to(dtype) for w in weights)
-        return dispatch(x, topk_idx, topk_w, *weights, grouped=self.grouped)
+        elif x.dtype != weights[0].dtype:
+            # FSDP2's bf16 policy casts the parameters it manages; expert-parallel experts are not among
+            # them, so they are cast here as it would cast them (their gradients still land in fp32).
+            weights = tuple(w.to(x.dtype) for w in weights)
+        return dispatch(x, topk_idx, topk_w, *weights, grouped=self.grouped, exchange=self.exchange)
 
 
 class MoE(nn.Module):

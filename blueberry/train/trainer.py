@@ -26,7 +26,7 @@ from blueberry.config import RunConfig, dump_yaml
 from blueberry.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_PREEMPTED, RunFailed, UserError, first_line
 from blueberry.optim.build import build_optimizer
 from blueberry.optim.schedules import build_scheduler
-from blueberry.train import sharding
+from blueberry.train import parallel, sharding
 from blueberry.train.checkpoint import TrainerState, best_checkpoint
 from blueberry.train.checkpoint.formats import read_trainer_state
 from blueberry.train.checkpoint.manager import Checkpointer
@@ -137,6 +137,7 @@ def build_training(cfg: RunConfig, task, data, accelerator, scheduler_mode: str 
     cfg.compile, autocast per cfg.mixed_precision and wrapped for DDP by `accelerator.prepare`."""
     model = task.build_model(cfg, data)
     params = task.describe_model(model)
+    parallel.apply_expert_parallel(model, cfg, accelerator)   # expert_parallel > 1: this rank's experts only
     if cfg.compile:
         # In place (nn.Module.compile), not torch.compile(model): the module keeps its class and its
         # state_dict keys, so checkpoints, unwrap_model and `blueberry evaluate` are unchanged.
@@ -164,7 +165,11 @@ def optimizer_step(cfg: RunConfig, task, accelerator, model, optimizer, schedule
             accelerator.backward(loss / cfg.grad_accum)
         for name, value in parts.items():
             parts_sum[name] = parts_sum.get(name, 0) + value.detach().float() / cfg.grad_accum
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+    ep = parallel.of(model)
+    if ep is not None:   # expert parallel: the experts' gradients are reduced here, not by DDP / FSDP2
+        ep.reduce_expert_gradients()
+    clip = accelerator.clip_grad_norm_ if ep is None else ep.clip_grad_norm_
+    grad_norm = clip(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
     grad_norm = sharding.full_tensor(grad_norm)   # under FSDP2 a DTensor over the shards
     optimizer.step()
     scheduler.step()
@@ -178,6 +183,7 @@ def train(cfg: RunConfig, task, resume_ckpt: Path | None = None,
     """Train `task` under `cfg`; returns (run dir, exit code). `allowed_changes` (field -> [old, new])
     are the run-defining fields a resume was explicitly allowed to change; summary.json records them."""
     accelerator = make_accelerator(cfg)
+    parallel.check_degree(cfg, accelerator.num_processes)   # a training layout: evaluate reads any run unsharded
     set_seed(cfg.seed)
     locks: list[rundir.RunLock] = []   # the main process holds its run dir's lock while it trains
     if resume_ckpt is not None and accelerator.is_main_process:

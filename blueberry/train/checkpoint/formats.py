@@ -4,6 +4,8 @@
   the FSDP2 torch.distributed.checkpoint (DCP) folders pytorch_model_fsdp_0/ and optimizer_0/.
 - Asynchronous saves write the model and optimizer as ONE DCP checkpoint, dcp/ (async_writer.py),
   and the small files (scheduler, RNG, trainer state) through Accelerate at once.
+- A model with DTensor parameters outside FSDP2 (expert parallel under DDP) cannot go through
+  Accelerate's unsharded save: its synchronous saves write the same dcp/ layout at once.
 Every DCP layout is read here, by any run: FSDP2 on any number of ranks, DDP or one process (DCP
 reshards on load). `evaluate` and `checkpoint consolidate` read the model weights alone.
 """
@@ -20,6 +22,8 @@ import torch
 from blueberry.errors import UserError
 from blueberry.train.checkpoint.layout import (CONSOLIDATED, DCP_DIR, FSDP_MODEL_DIR, FSDP_OPTIMIZER_DIR,
                                                saved_world_size)
+
+OPTIMIZER_FILE = "optimizer.bin"   # Accelerate's unsharded optimizer state (OPTIMIZER_NAME + .bin)
 
 
 
@@ -47,6 +51,30 @@ def untouched_optimizer_state(optimizer):
     finally:
         if was_empty:
             inner.state.clear()
+
+
+def write_state_now(accelerator, folder: Path) -> None:
+    """A synchronous save into `folder`: Accelerate's save_state, or the dcp/ layout when the model has
+    DTensor parameters that Accelerate's unsharded save cannot write (has_unmanaged_dtensors)."""
+    if not has_unmanaged_dtensors(accelerator):
+        write_accelerate_state(accelerator, folder)
+        return
+    import torch.distributed.checkpoint as dcp
+
+    write_accelerate_state(accelerator, folder, with_tensors=False)
+    with untouched_optimizer_state(accelerator._optimizers[0]):
+        dcp.save(model_and_optimizer_state(accelerator), checkpoint_id=str(folder / DCP_DIR))
+
+
+def has_unmanaged_dtensors(accelerator) -> bool:
+    """Whether the model holds DTensor parameters that FSDP2 does not manage: expert-parallel experts
+    under DDP. (Under FSDP2, Accelerate's own DCP save writes every DTensor, the experts' too.)"""
+    from torch.distributed.tensor import DTensor
+
+    from blueberry.train.sharding import is_sharded as run_is_sharded
+
+    model, _ = _model_and_optimizer(accelerator)
+    return not run_is_sharded(accelerator) and any(isinstance(p, DTensor) for p in model.parameters())
 
 
 def write_accelerate_state(accelerator, folder: Path, with_tensors: bool = True) -> None:
@@ -104,16 +132,19 @@ def load_state(accelerator, ckpt: Path) -> None:
     from blueberry.train.sharding import is_sharded as run_is_sharded
 
     folders = dcp_folders(ckpt)
-    if folders is None:
-        if run_is_sharded(accelerator):
-            raise UserError(f"checkpoint {ckpt}: unsharded (written without FSDP); resume it without an FSDP "
-                            "launch config, or start the FSDP run from its weights")
+    if folders is None and run_is_sharded(accelerator):
+        raise UserError(f"checkpoint {ckpt}: unsharded (written without FSDP); resume it without an FSDP "
+                        "launch config, or start the FSDP run from its weights")
+    if folders is None and not has_unmanaged_dtensors(accelerator):
         accelerator.load_state(str(ckpt))
+        return
+    model, optimizer = _model_and_optimizer(accelerator)
+    if folders is None:   # e.g. a one-process run's checkpoint resumed expert parallel
+        _load_unsharded_into_dtensors(model, optimizer, Path(ckpt))
     else:
-        model, optimizer = _model_and_optimizer(accelerator)
         _load_dcp(model, optimizer, *folders)
-        with _without_model_and_optimizer(accelerator):
-            accelerator.load_state(str(ckpt))
+    with _without_model_and_optimizer(accelerator):
+        accelerator.load_state(str(ckpt))
 
 
 def drop_optimizer_state(accelerator) -> None:
@@ -134,6 +165,25 @@ def _load_dcp(model, optimizer, model_dir: Path, optimizer_dir: Path) -> None:
     state = {"optimizer": get_optimizer_state_dict(model, optimizer)}
     _dcp_load(state, optimizer_dir)
     set_optimizer_state_dict(model, optimizer, state["optimizer"])
+
+
+def _load_unsharded_into_dtensors(model, optimizer, ckpt: Path) -> None:
+    """Accelerate's model.safetensors and optimizer.bin into a model with DTensor parameters: each rank
+    keeps its part of every whole tensor (torch's full-state-dict loading distributes them)."""
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    whole = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, load_file(str(ckpt / CONSOLIDATED)), options=whole)
+    saved = torch.load(ckpt / OPTIMIZER_FILE, weights_only=False)
+    # optimizer.bin numbers the parameters in the order of the param groups, which the same config
+    # builds in the same order (optim.build); torch's state-dict API wants parameter names.
+    names = {id(p): name for name, p in model.named_parameters()}
+    fqns = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    by_name = {"state": {fqns[i]: state for i, state in saved["state"].items()},
+               "param_groups": [{**g, "params": [fqns[i] for i in g["params"]]} for g in saved["param_groups"]]}
+    set_optimizer_state_dict(model, optimizer, by_name, options=whole)
 
 
 def load_model_weights(model, ckpt: Path) -> None:

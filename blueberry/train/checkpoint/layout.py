@@ -10,8 +10,9 @@ What a checkpoint folder holds depends on how it was written (the names below):
 - unsharded (one process or DDP, synchronous): Accelerate's model.safetensors, optimizer.bin, ...
 - FSDP2 (synchronous): Accelerate's torch.distributed.checkpoint folders pytorch_model_fsdp_0/ and
   optimizer_0/, one file per rank;
-- asynchronous saves (any world): one torch.distributed.checkpoint folder dcp/ holding
-  {"model": ..., "optimizer": ...};
+- asynchronous saves (any world), and synchronous saves of expert-parallel runs under DDP (their
+  experts are DTensors that Accelerate's unsharded save cannot write): one torch.distributed.checkpoint
+  folder dcp/ holding {"model": ..., "optimizer": ...};
 and always Accelerate's scheduler.bin, random_states_<rank>.pkl and custom_checkpoint_0.pkl (the
 trainer state), plus manifest.json (size and SHA-256 of every file).
 """

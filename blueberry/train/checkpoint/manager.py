@@ -109,7 +109,7 @@ class Checkpointer:
         self.blocked_s.append(time.perf_counter() - started)
 
     def _save_now(self, step: int, folder: Path, best: bool) -> None:
-        formats.write_accelerate_state(self.acc, folder)
+        formats.write_state_now(self.acc, folder)
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             self._publish(folder, step, best)
