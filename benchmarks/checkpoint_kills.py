@@ -4,11 +4,12 @@
     python -m benchmarks.checkpoint_kills blocking             # moe-exp8's shape, sync against async
 
 kills: a reference run saves every step (async_save, 2 gloo ranks under `python -m blueberry.launch`).
-Then runs of the same config are killed with SIGKILL to their whole process group (launcher, ranks
-and the ranks' checkpoint writer processes) at random moments, each resumed with `--resume auto`: it
-must pick the newest complete checkpoint, and the 20 losses logged after each resume must equal the
-reference's bit for bit. After every kill the run dir must hold only intact checkpoints and at most
-one .incomplete folder. Results: benchmarks/results/checkpoint_kills-cpu.json.
+Then runs of the same config are killed with SIGKILL to every process of the run (launcher, ranks and
+the ranks' checkpoint writer processes) at random moments, 20-25 steps after they (re)started plus a
+random fraction of a step, twice per run; each kill is followed by `--resume auto`, which must pick
+the newest complete checkpoint: the 20 losses logged after it must equal the reference's bit for bit.
+After every kill the run dir must hold only intact checkpoints and at most one .incomplete folder.
+Results: benchmarks/results/checkpoint_kills-cpu.json.
 
 blocking: the same short run with async_save false and true, a save every step; each save's time in
 the training loop (the trainer records it: summary.json checkpoints.blocked_s_median), median of the
@@ -174,26 +175,31 @@ def run_kills(n_kills: int, steps: int, seed: int, work: Path) -> dict:
     step_s = (time.time() - t0) / steps
     state_mb = sum(p.stat().st_size for p in (ref_run / "checkpoints").rglob("*") if p.is_file()) / 2**20 / 2
     cycles, run_index = [], 0
+    args = [*KILL_SHAPE, f"--max_steps={steps}", "--save_every=1", "--async_save=true", "--wandb_mode=disabled",
+            "--name=k"]
     while sum(c["killed"] for c in cycles) < n_kills:
         out = work / f"killed-{run_index}" / "runs"
-        args = [*KILL_SHAPE, f"--max_steps={steps}", "--save_every=1", "--async_save=true", "--wandb_mode=disabled",
-                "--name=k"]
         resumed_at, _ = resume_point(out)
-        if resumed_at + 20 + 5 > steps:   # too close to the end for 20 more steps: finish it, start another
+        if resumed_at + 45 > steps:   # no room for a kill that leaves 20 steps to check after it: finish
             finish(launch(out, [*args, "--resume=auto"]))
-            run_index += 1
-            continue
-        cycle = kill_cycle(out, args, rng, after=20 + rng.randint(0, 5), step_s=step_s)
+            cycle = {"resumed_at": resumed_at, "killed": False}
+        else:
+            cycle = kill_cycle(out, args, rng, after=20 + rng.randint(0, 5), step_s=step_s)
         got = losses(the_run(out))
+        run_index += not cycle["killed"]   # a finished run: the next cycle starts a new one
         window = range(cycle["resumed_at"] + 1, cycle["resumed_at"] + 21)
         cycle["identical_20"] = all(got.get(s) == expected[s] for s in window)
         cycles.append(cycle)
-        print(f"kill {sum(c['killed'] for c in cycles)}/{n_kills}: resumed at {cycle['resumed_at']}, "
-              f"next 20 identical: {cycle['identical_20']}, problems: {cycle.get('problems')}", flush=True)
+        print(f"{'kill ' + str(sum(c['killed'] for c in cycles)) if cycle['killed'] else 'finish'}: resumed at "
+              f"{cycle['resumed_at']}, next 20 identical: {cycle['identical_20']}, "
+              f"problems: {cycle.get('problems')}", flush=True)
     killed = [c for c in cycles if c["killed"]]
-    return {"kills": len(killed), "identical_20": sum(c["identical_20"] for c in killed),
-            "runs_with_problems": sum(bool(c["problems"]) for c in killed), "state_mb_per_checkpoint": state_mb,
-            "steps_per_run": steps, "step_s": step_s, "seed": seed, "cycles": cycles}
+    after_kill = [c for c in cycles if c["resumed_at"] > 0]   # each continues from a checkpoint a kill left
+    return {"kills": len(killed), "runs_with_problems": sum(bool(c["problems"]) for c in killed),
+            "resumes_after_a_kill": len(after_kill), "identical_20_after_a_kill": sum(c["identical_20"] for c in after_kill),
+            "identical_20_all": sum(c["identical_20"] for c in cycles), "cycles_total": len(cycles),
+            "state_mb_per_checkpoint": state_mb, "steps_per_run": steps, "step_s": step_s, "seed": seed,
+            "cycles": cycles}
 
 
 def run_blocking(work: Path, saves: int = 6) -> dict:
@@ -219,7 +225,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("what", choices=["kills", "blocking"])
     parser.add_argument("--kills", type=int, default=50)
-    parser.add_argument("--steps", type=int, default=60, help="steps of each run (kills)")
+    parser.add_argument("--steps", type=int, default=80, help="steps of each run (kills): room for 2 kills, each "
+                        "followed by 20 checked steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=None, help="folder for the runs (default: a temp dir)")
     args = parser.parse_args()
