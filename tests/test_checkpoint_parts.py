@@ -392,3 +392,18 @@ def test_every_way_pick_can_refuse_or_fall_back(tmp_path, capsys):
     # a run dir resumed by name finds its newest intact checkpoint; a checkpoint dir named is itself
     assert resolve_resume(sharded)[1] == sharded.resolve()
     assert find_resume_checkpoint("auto", str(tmp_path), "nobody") is None
+
+
+def test_a_save_replaces_a_folder_of_its_step_that_another_process_left(tmp_path):
+    """E.g. a damaged step-N from a crashed process that resume could not remove: the new save takes its
+    place whole, and `best` then points at an intact checkpoint."""
+    acc, model, optimizer, scheduler, state, checkpoints, saved = _training(tmp_path, async_save=False)
+    left = _folder(tmp_path, 1, {"model.safetensors": b"damaged" * 3})
+    (left / "model.safetensors").write_bytes(b"x")
+    layout.point_best(tmp_path, left)
+    _step(model, optimizer, scheduler, state)
+    checkpoints.save(1, best=True)
+    checkpoints.close()
+    assert damage(left) is None and (left / "optimizer.bin").is_file()     # the new checkpoint, whole
+    assert layout.best_checkpoint(tmp_path) == left.resolve() and damage(layout.best_checkpoint(tmp_path)) is None
+    assert saved == [("step-0000001", 1, True)]
