@@ -68,8 +68,9 @@ def runs(tmp_path_factory):
 
 def test_fsdp_adamw_matches_ddp_and_one_process(runs):
     fsdp, ddp, one = runs["fsdp_adamw"], runs["ddp_adamw"], runs["one_adamw"]
-    # Really sharded: Accelerate wrote the FSDP2 model as torch.distributed.checkpoint shards.
-    assert (rundir.latest_checkpoint(fsdp) / "pytorch_model_fsdp_0").is_dir()
+    # Really sharded: torch.distributed.checkpoint shards (this run saves asynchronously, fsdp_muon through Accelerate).
+    assert (rundir.latest_checkpoint(fsdp) / "dcp").is_dir()   # its saves are asynchronous: one DCP folder
+    assert (rundir.latest_checkpoint(runs["fsdp_muon"]) / "pytorch_model_fsdp_0").is_dir()   # Accelerate's, sync
     assert not (rundir.latest_checkpoint(ddp) / "pytorch_model_fsdp_0").exists()
     assert len(curve(fsdp, "train/loss")) == STEPS
     assert max_gap(curve(fsdp, "train/loss"), curve(one, "train/loss")) < TOLERANCE

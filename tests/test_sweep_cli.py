@@ -74,4 +74,4 @@ def test_sweep_agent_forwards_signals_to_the_agent_process_group(tmp_path):
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)
     server.shutdown()
-    assert marker.read_text() == "agent --count 2 --max-consecutive-failed-runs 3 me/proj/abc123"
+    assert marker.read_text() == "agent --forward-signals --count 2 --max-consecutive-failed-runs 3 me/proj/abc123"

@@ -204,7 +204,7 @@ def test_wandb_report_of_a_transfer_sweep_has_the_lr_by_width_panel(cli):
     scatter = [d["config"] for d in walk(spec["report"]) if d.get("viewType") == "Scatter Plot"]
     assert len(scatter) == 1
     assert (scatter[0]["xAxis"], scatter[0]["yAxis"], scatter[0]["zAxis"]) == (
-        "config:lr.value", "summary:val/loss_best", "config:d_model.value")
+        "config:lr.value", "summary:val/loss", "config:d_model.value")
     res = run_cli("report", "wandb-report", "--project", "proj", "--sweep-file", "sweeps/quickstart.yaml",
                   "--offline", "--out", str(cli.cwd / "plain.json"), cwd=REPO)
     plain = json.loads((cli.cwd / "plain.json").read_text())
