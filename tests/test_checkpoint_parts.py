@@ -266,6 +266,11 @@ def test_pick_prefers_what_was_asked_and_falls_back_to_the_newest_intact(tmp_pat
     with pytest.raises(UserError, match=r"no checkpoint there \(no such folder\)"):
         find_resume_checkpoint(str(tmp_path / "nope"), str(tmp_path), "r")
     assert find_resume_checkpoint("auto", str(tmp_path), "r") == layout.step_dir(run, 2).resolve()
+    capsys.readouterr()
+    layout.point_best(run, layout.step_dir(run, 6))                      # the best is also the newest
+    (layout.step_dir(run, 6) / "model.safetensors").write_bytes(b"x" * 10)
+    assert pick(run, "best") == layout.step_dir(run, 2)
+    assert capsys.readouterr().err.count("step-0000006/model.safetensors") == 1   # its damage said once
 
 
 def test_resume_decisions_before_any_work(tmp_path, capsys):
@@ -407,3 +412,60 @@ def test_a_save_replaces_a_folder_of_its_step_that_another_process_left(tmp_path
     assert damage(left) is None and (left / "optimizer.bin").is_file()     # the new checkpoint, whole
     assert layout.best_checkpoint(tmp_path) == left.resolve() and damage(layout.best_checkpoint(tmp_path)) is None
     assert saved == [("step-0000001", 1, True)]
+
+
+def _sharded_head(mesh):
+    """A layer whose weight is a DTensor that no FSDP manages, as expert-parallel experts under DDP are."""
+    import torch
+    from torch.distributed.tensor import DTensor, Shard
+
+    class ShardedHead(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            full = torch.randn(4, 16)
+            self.weight = torch.nn.Parameter(DTensor.from_local(full, mesh, [Shard(0)], run_check=False))
+
+        def forward(self, x):
+            return x @ self.weight.to_local().T
+
+    return ShardedHead()
+
+
+def test_dtensor_parameters_outside_fsdp_are_saved_in_the_dcp_layout_and_come_back_exactly(tmp_path):
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from blueberry.train.checkpoint.formats import has_unmanaged_dtensors
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+
+        def run(seed):
+            acc, model, optimizer, scheduler, state, checkpoints, _ = _training(tmp_path, async_save=False, seed=seed)
+            model[2] = _sharded_head(mesh)   # and the optimizer steps the new layer's weight
+            optimizer.optimizer.param_groups[0]["params"] = list(model.parameters())
+            return acc, model, optimizer, scheduler, state, checkpoints
+
+        acc, model, optimizer, scheduler, state, checkpoints = run(0)
+        assert has_unmanaged_dtensors(acc)
+        for _ in range(2):
+            _step(model, optimizer, scheduler, state)
+        checkpoints.save(2)
+        reference = [_step(model, optimizer, scheduler, state) for _ in range(2)]
+        checkpoints.close()
+        ckpt = layout.step_dir(tmp_path, 2)
+        assert damage(ckpt) is None and (ckpt / layout.DCP_DIR / ".metadata").is_file()
+        assert not (ckpt / "model.safetensors").exists()   # no unsharded weights: those are in dcp/
+        assert (ckpt / "random_states_0.pkl").is_file() and (ckpt / "custom_checkpoint_1.pkl").is_file()
+
+        acc2, model2, optimizer2, scheduler2, state2, checkpoints2 = run(1)
+        checkpoints2.load(ckpt)
+        assert state2.step == 2 and optimizer2.optimizer.state   # the AdamW moments came back
+        assert [_step(model2, optimizer2, scheduler2, state2) for _ in range(2)] == reference
+        checkpoints2.close()
+        local = [getattr(p, "_local_tensor", p) for p in (*model.parameters(), *model2.parameters())]
+        assert all(torch.equal(a, b) for a, b in zip(local[:3], local[3:]))
+    finally:
+        dist.destroy_process_group()
