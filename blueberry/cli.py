@@ -121,9 +121,12 @@ def run_training(cfg: RunConfig, resume_ckpt: Path | None, allowed_changes: dict
     # Before any import or data work: a run that cannot be recorded must not start.
     plain_every_s()   # BLUEBERRY_PROGRESS_S, read by the progress display once training runs
     if resume_ckpt is None:
-        ensure_writable_dir(cfg.out_dir, "out_dir")
+        ensure_writable_dir(cfg.out_dir, "out_dir", create=False)   # the run dir is made once the config holds
     else:
         ensure_writable_dir(resume_ckpt.parent.parent, "resume")
+    if cfg.cache_dir:   # named by the user: refused here for every task, not found unwritable mid-run
+        ensure_writable_dir(cfg.cache_dir, "cache_dir", "set --cache_dir or $BLUEBERRY_CACHE to a writable folder",
+                            create=False)
 
     from blueberry.tasks import load_task
     from blueberry.train.launcher_watch import watch_launcher
@@ -299,7 +302,8 @@ def validate(files):
         config = load_sweep(path)
         found = validate_sweep(config, source=path)
         problems += found
-        for line in found + sweep_warnings(config, source=path):
+        # warnings first, so that a refused file ends with its errors, as every refusal does
+        for line in [f"warning: {w}" for w in sweep_warnings(config, source=path)] + [f"error: {e}" for e in found]:
             click.echo(line, err=True)
         if not found:
             objective = objective_line(config)
@@ -473,6 +477,8 @@ def submit(kind, nodes, gpus, procs, time_limit, partition, account, array, job_
         if not sep or not key:
             raise UserError(f"--sbatch {item!r}: write KEY=VALUE, e.g. mem=64G")
         sbatch[key.lstrip("-")] = value
+    if "time" in sbatch:   # --time or --sbatch time=...: sbatch would refuse the job
+        sbatch["time"] = slurm_jobs.check_time_limit(sbatch["time"])
     env = {k: v for k, v in {"GPUS": gpus, "CPU_PROCS": procs, "TASK": task, "MODE": mode}.items() if v is not None}
     if kind == "sweep" and mode != "wandb" and not args and not os.environ.get("SWEEP_FILE"):
         raise UserError("slurm submit sweep: give the sweep YAML after --, e.g. -- sweeps/moe-lr-search.yaml")

@@ -62,20 +62,29 @@ def create_run_dir(out_dir: str | Path, name: str) -> Path:
     raise RuntimeError(f"could not create a unique run dir for {base} in {out_dir}")
 
 
-def ensure_writable_dir(path: str | Path, field: str, hint: str = "give a writable folder") -> Path:
+def ensure_writable_dir(path: str | Path, field: str, hint: str = "give a writable folder", create: bool = True) -> Path:
     """Create `path` if needed and prove a file can be written there, before any expensive work;
-    UserError naming `field` (e.g. out_dir, cache_dir, --out) and ending in `hint` when not."""
+    UserError naming `field` (e.g. out_dir, cache_dir, --out) and ending in `hint` when not. With
+    create=False nothing is created: a missing folder is judged by its nearest existing parent (a
+    command that may still refuse its input must not leave an empty folder behind)."""
     p = Path(path).expanduser()
+    probe_in = p
+    if not create:
+        while not probe_in.exists() and probe_in != probe_in.parent:
+            probe_in = probe_in.parent
     try:
-        p.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=p, prefix=".write-test-")
+        if create:
+            p.mkdir(parents=True, exist_ok=True)
+        elif not probe_in.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(probe_in))
+        fd, probe = tempfile.mkstemp(dir=probe_in, prefix=".write-test-")
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
         from blueberry.errors import UserError
 
         why = e.strerror or str(e)
-        if e.errno == errno.ENOTDIR or (p.exists() and not p.is_dir()):
+        if e.errno == errno.ENOTDIR or (probe_in.exists() and not probe_in.is_dir()):
             why = "a file is in the way (a folder is needed)"
         raise UserError(f"{field}={path}: cannot write there ({why}); {hint}") from None
     return p

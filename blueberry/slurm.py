@@ -28,6 +28,19 @@ def blueberry_home() -> Path:
     return home
 
 
+# sbatch --time: minutes, minutes:seconds, hours:minutes:seconds, days-hours, days-hours:minutes,
+# days-hours:minutes:seconds (man sbatch), or no limit
+_TIME = re.compile(r"(\d+(:\d+){0,2}|\d+-\d+(:\d+){0,2}|unlimited|infinite)", re.IGNORECASE)
+
+
+def check_time_limit(value: str) -> str:
+    """`value` when sbatch accepts it as --time; else UserError (sbatch would refuse the job)."""
+    if not _TIME.fullmatch(value.strip()):
+        raise UserError(f"--time={value}: not a SLURM time; use MINUTES, HH:MM:SS or DAYS-HH[:MM[:SS]], "
+                        "e.g. 04:00:00 or 1-12")
+    return value.strip()
+
+
 def render(kind: str, sbatch: dict[str, str], env: dict[str, str], args: list[str]) -> str:
     """The script of `kind` with `sbatch` options as #SBATCH lines (replacing the script's own),
     `env` exported and `args` as the job's arguments."""

@@ -47,6 +47,10 @@ CASES = [
     ("best-metric-misspelled", ["train", "lm", *TINY, "--best_metric", "val/los"], 2, "best_metric='val/los': not a metric `blueberry train lm` evaluates (did you mean val/loss?)"),
     ("best-metric-not-evaluated", ["train", "scanline", "--best_metric", "train/loss"], 2, "best_metric='train/loss': not a metric"),
     ("progress-interval-not-a-number", ["train", "lm", *TINY, "--max_steps", "1"], 2, "BLUEBERRY_PROGRESS_S='abc': must be a number of seconds >= 0", {"BLUEBERRY_PROGRESS_S": "abc"}),
+    ("scanline-cache_dir-on-proc", ["train", "scanline", "--cache_dir", "/proc/blueberry-cache"], 2, "cache_dir=/proc/blueberry-cache: cannot write there"),
+    ("slurm-time-not-a-time", ["slurm", "submit", "train", "--dry-run", "--time", "abc"], 2, "--time=abc: not a SLURM time"),
+    ("slurm-sbatch-time-not-a-time", ["slurm", "submit", "train", "--dry-run", "--sbatch", "time=1:2:3:4"], 2, "--time=1:2:3:4: not a SLURM time"),
+    ("sweep-validate-ends-with-its-error", ["sweep", "validate", "{cwd}/lr-alias-sweep.yaml"], 2, "parameters.learning_rate: not an option of 'blueberry train lm' (blueberry calls it lr)"),
     ("resume-below-its-step", ["train", "lm", "--resume", "{run}", "--max_steps", "2"], 2, "max_steps=2: {run.name} is already at step 3 (step-0000003); give max_steps >= 3"),
     ("resume-in-more-processes-changes-the-batch", ["train", "lm", "--resume", "{run}", "--max_steps", "6"], 2, "step-0000003 was written by 1 process(es) with a global batch of 4 (batch_size 4 x grad_accum 1 x 1); 2 process(es) with batch_size 4 x grad_accum 1 would train on 8: pass a batch_size and grad_accum with batch_size x grad_accum x 2 = 4", {"WORLD_SIZE": "2"}),
 ]
@@ -55,6 +59,9 @@ SETUP = {
     "alias.yaml": "num_layers: 2\n",
     "broken.yaml": "lr: 0.1\n bad: [\n",
     "a-file": "not a folder\n",
+    # no project: a warning line too, which must come before the error
+    "lr-alias-sweep.yaml": "method: grid\nmetric: {name: val/loss, goal: minimize}\nparameters:\n  learning_rate: "
+                           "{values: [0.1]}\ncommand: [blueberry, train, lm, '${args}']\n",
 }
 
 
@@ -110,3 +117,11 @@ def test_report_skips_a_damaged_run_and_bad_rows_and_reports_the_rest(finished, 
     assert sorted(r["name"] for r in rows) == ["good", "rows"]
     # the good rows of the damaged metrics file still count: step 2's row is there, the bad ones not
     assert next(r for r in rows if r["name"] == "rows")["steps"] == 3
+
+
+def test_a_refused_run_leaves_no_folder_behind(tmp_path):
+    """Refused after the out_dir check (the data path is checked with the data): out_dir was only
+    probed, not created, so the working folder stays empty."""
+    res = run_cli("train", "lm", *TINY, "--data", "/nonexistent/data.txt", "--out_dir", "runs/deeper", cwd=tmp_path)
+    assert res.returncode == 2 and "data=/nonexistent/data.txt: no such file or folder" in res.stderr
+    assert list(tmp_path.iterdir()) == []

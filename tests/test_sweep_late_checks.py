@@ -48,8 +48,8 @@ def test_validate_warns_about_a_launcher_that_exits_1_on_sigterm(cli):
     assert len(lines) == len(PLAIN_LAUNCHERS), lines   # one line each
     at = {"accelerate": 0, "env-accelerate": 1, "accelerate-launch": 0, "module": 1, "torchrun": 0}
     for name, i in at.items():
-        (line,) = [ln for ln in lines if ln.startswith(f"{name}.yaml: ")]
-        assert line.startswith(f"{name}.yaml: command[{i}]: "), line
+        (line,) = [ln for ln in lines if ln.startswith(f"warning: {name}.yaml: ")]
+        assert line.startswith(f"warning: {name}.yaml: command[{i}]: "), line
         assert "exits 1" in line and "blueberry.launch" in line, line
 
 
@@ -240,7 +240,7 @@ def test_validate_notes_a_hyperband_sweep_on_a_running_best(cli):
     res = cli("sweep", "validate", "hb.yaml", "grid.yaml", "raw.yaml")
     assert res.returncode == 0 and res.stdout.count(": ok") == 3, res.stderr
     (line,) = res.stderr.strip().splitlines()   # only the hyperband sweep on a running best
-    assert line.startswith("hb.yaml: metric.name: ") and "name val/loss" in line and "hyperband" in line
+    assert line.startswith("warning: hb.yaml: metric.name: ") and "name val/loss" in line and "hyperband" in line
 
 
 def test_report_ranks_a_raw_metric_sweep_by_each_runs_best_as_sweep_local_and_wandb(tmp_path):
