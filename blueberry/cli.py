@@ -646,8 +646,8 @@ def report_transfer(paths, target, width_field, metric, out_dir):
     from blueberry.report.build import build_transfer_report, print_transfer
     from blueberry.rundir import ensure_writable_dir
 
-    if out_dir:
-        ensure_writable_dir(out_dir, "--out")
+    if out_dir:   # made once the runs make a transfer study
+        ensure_writable_dir(out_dir, "--out", create=False)
     fits, files = build_transfer_report(list(paths), out_dir, metric, target, width_field)
     print_transfer(fits)
     click.echo(f"transfer report written to {files['html']}; beside it: {files['json'].name}, "

@@ -35,8 +35,8 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, which: str = "be
     """Metrics of `which` checkpoint on `split`; also written to OUT/eval-<split>.json (OUT: `out`, else
     the run dir)."""
     fetched: FetchedArtifact | None = None
-    if out is not None:   # before a download or any other work
-        out = ensure_writable_dir(out, "--out")
+    if out is not None:   # before a download or any other work; made once the input holds
+        out = ensure_writable_dir(out, "--out", create=False)
     if is_artifact_reference(str(run_dir)):   # a model Artifact version holds one checkpoint
         require_online(str(run_dir), "run_dir")
         into = Path(out or "runs") / "artifacts"
@@ -72,6 +72,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, which: str = "be
     metrics, figures = task.evaluate(model, data, cfg, accelerator, split=split)
     written = Path(out) / f"eval-{split}.json"
     if accelerator.is_main_process:
+        Path(out).mkdir(parents=True, exist_ok=True)
         media = save_figures(out, {f"{split}/{name.split('/', 1)[-1]}": fig for name, fig in figures.items()})
         rundir.write_atomic(written, json.dumps({"checkpoint": ckpt.name, "step": checkpoint_step(ckpt),
                                                  "split": split, "metrics": metrics}, indent=2) + "\n")
