@@ -178,7 +178,7 @@ def run_kills(n_kills: int, steps: int, seed: int, work: Path) -> dict:
     args = [*KILL_SHAPE, f"--max_steps={steps}", "--save_every=1", "--async_save=true", "--wandb_mode=disabled",
             "--name=k"]
     # until n_kills, and then until the run of the last kill has been resumed and checked
-    while sum(c["killed"] for c in cycles) < n_kills or cycles[-1]["killed"]:
+    while sum(c["killed"] for c in cycles) < n_kills or (cycles and cycles[-1]["killed"]):
         out = work / f"killed-{run_index}" / "runs"
         resumed_at, _ = resume_point(out)
         if resumed_at + 45 > steps:   # no room for a kill that leaves 20 steps to check after it: finish
