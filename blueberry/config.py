@@ -230,6 +230,9 @@ class LMConfig(RunConfig):
             raise UserError(f"n_heads={self.n_heads}: head dim d_model/n_heads must be even for RoPE")
         if bpe_size(self.tokenizer) is None and (not self.tokenizer or self.tokenizer.startswith("bpe")):
             raise UserError(f"tokenizer={self.tokenizer!r}: use bpe:N (e.g. bpe:8192) or a Hugging Face tokenizer name")
+        if (bpe_size(self.tokenizer) or 258) < 258:   # the same rule as data.tokenizer.train_bpe, before any work
+            raise UserError(f"tokenizer={self.tokenizer}: needs at least 258 tokens (256 bytes, EOS, one merge); "
+                            "e.g. bpe:2048")
         if self.param != "sp" and self.base_d_model:
             base_head = self.base_d_model / self.n_heads
             if base_head != int(base_head) or int(base_head) % 2:
@@ -288,11 +291,22 @@ class ScanlineConfig(RunConfig):
 
     def validate(self) -> None:
         super().validate()
+        # The synthetic generator's classes (data.stm_synthetic.CLASS_NAMES; imported here, not at the
+        # top, so that the CLI's help stays free of numpy): the counts are checked before any work.
+        from blueberry.data.stm_synthetic import CLASS_NAMES
+
         shares = parse_floats(self.class_shares, "class_shares")
         if len(shares) < 2 or any(x < 0 for x in shares) or not sum(shares) > 0:
             raise UserError(f"class_shares={self.class_shares!r}: give at least two non-negative shares, e.g. 0.25,0.25,0.25,0.25")
+        if self.data == "synthetic" and len(shares) != len(CLASS_NAMES):
+            raise UserError(f"class_shares={self.class_shares!r}: the synthetic data has {len(CLASS_NAMES)} classes "
+                            f"({', '.join(CLASS_NAMES)}); give {len(CLASS_NAMES)} non-negative shares")
         if self.class_weights not in ("auto", "none"):
-            parse_floats(self.class_weights, "class_weights")
+            weights = parse_floats(self.class_weights, "class_weights")
+            k = len(CLASS_NAMES) if self.data == "synthetic" else len(weights)
+            if len(weights) != k or not all(math.isfinite(w) and w >= 0 for w in weights):
+                raise UserError(f"class_weights={self.class_weights!r}: give {k if self.data == 'synthetic' else 'K'} "
+                                "non-negative numbers (one per class), or auto, or none")
         if self.val_fraction + self.test_fraction >= 1:
             raise UserError(f"test_fraction={self.test_fraction}: val_fraction + test_fraction must be < 1")
         if self.lines_per_sample > self.image_size and self.data == "synthetic":

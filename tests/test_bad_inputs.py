@@ -53,6 +53,10 @@ CASES = [
     ("sweep-validate-ends-with-its-error", ["sweep", "validate", "{cwd}/lr-alias-sweep.yaml"], 2, "parameters.learning_rate: not an option of 'blueberry train lm' (blueberry calls it lr)"),
     ("evaluate-refused-makes-no-out", ["evaluate", "{run}", "--split", "bogus", "--out", "{cwd}/new-eval"], 2, "split=bogus: lm runs have val"),
     ("report-transfer-refused-makes-no-out", ["report", "transfer", "{run}", "--out", "{cwd}/new-report"], 2, "report transfer: the runs do not vary lr or muon_lr"),
+    # checked when the config is resolved, so a job is refused at submit, not in the queue
+    ("slurm-scanline-class-weights-count", ["slurm", "submit", "train", "--dry-run", "--task", "scanline", "--", "--class_weights", "1,2"], 2, "class_weights='1,2': give 4 non-negative numbers"),
+    ("slurm-scanline-class-shares-count", ["slurm", "submit", "train", "--dry-run", "--task", "scanline", "--", "--class_shares", "1,2"], 2, "class_shares='1,2': the synthetic data has 4 classes"),
+    ("slurm-bpe-too-small", ["slurm", "submit", "train", "--dry-run", "--", "--tokenizer", "bpe:100"], 2, "tokenizer=bpe:100: needs at least 258 tokens"),
     ("resume-below-its-step", ["train", "lm", "--resume", "{run}", "--max_steps", "2"], 2, "max_steps=2: {run.name} is already at step 3 (step-0000003); give max_steps >= 3"),
     ("resume-in-more-processes-changes-the-batch", ["train", "lm", "--resume", "{run}", "--max_steps", "6"], 2, "step-0000003 was written by 1 process(es) with a global batch of 4 (batch_size 4 x grad_accum 1 x 1); 2 process(es) with batch_size 4 x grad_accum 1 would train on 8: pass a batch_size and grad_accum with batch_size x grad_accum x 2 = 4", {"WORLD_SIZE": "2"}),
 ]

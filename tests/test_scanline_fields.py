@@ -143,11 +143,15 @@ REFUSED = [({"class_shares": "1"}, "class_shares='1': give at least two non-nega
            ({"class_shares": "0,0"}, "class_shares='0,0': give at least two non-negative shares"),
            ({"class_shares": "a,b"}, "class_shares='a,b': must be comma-separated numbers"),
            ({"class_weights": "1,x"}, "class_weights='1,x': must be comma-separated numbers"),
+           ({"class_shares": "1,0"}, "class_shares='1,0': the synthetic data has 4 classes"),
+           ({"class_weights": "1,2"}, "class_weights='1,2': give 4 non-negative numbers"),
+           ({"class_weights": "1,1,1,nan"}, "class_weights='1,1,1,nan': give 4 non-negative numbers"),
+           ({"class_weights": "1,-2", "data": "scans.npz"}, "class_weights='1,-2': give K non-negative numbers"),
            ({"val_fraction": 0.5, "test_fraction": 0.5}, "test_fraction=0.5: val_fraction + test_fraction must be < 1"),
            ({"lines_per_sample": 33}, "lines_per_sample=33: must be <= image_size (32)"),
            ({"d_model": 30, "n_heads": 4}, "n_heads=4: must divide d_model (30)"),
            ({"patch_size": 5}, "patch_size=5: must divide the line length image_size (32)")]
-ACCEPTED = [{"class_shares": "1,0"}, {"class_weights": "none"}, {"val_fraction": 0.6, "test_fraction": 0.3},
+ACCEPTED = [{"class_shares": "1,0,0,0"}, {"class_shares": "1,0", "data": "scans.npz"}, {"class_weights": "1,2", "data": "scans.npz"}, {"class_weights": "none"}, {"val_fraction": 0.6, "test_fraction": 0.3},
             {"lines_per_sample": 32}, {"lines_per_sample": 33, "data": "scans.npz"},
             {"model": "cnn_lstm", "d_model": 30, "n_heads": 4}, {"model": "sequential", "patch_size": 5},
             {"patch_size": 5, "data": "scans.npz"}]
