@@ -46,7 +46,7 @@ STRINGS = {
     "resume": ["/nonexistent/run"],
     "best_metric": ["val/nope"],
     "data": ["/nonexistent/data.txt", "hf:"],
-    "tokenizer": ["bpe:abc", "bpe:-5", "bpe:1"],
+    "tokenizer": ["bpe:abc", "bpe:-5", "bpe:0", "bpe:257"],
     "cache_dir": ["/proc/blueberry-cache"],
     "class_shares": ["0.5,abc", "1,2", "-1,1,1,1"],
     "class_weights": ["abc", "1,2", "1,1,1,-1"],

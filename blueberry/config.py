@@ -230,7 +230,7 @@ class LMConfig(RunConfig):
             raise UserError(f"n_heads={self.n_heads}: head dim d_model/n_heads must be even for RoPE")
         if bpe_size(self.tokenizer) is None and (not self.tokenizer or self.tokenizer.startswith("bpe")):
             raise UserError(f"tokenizer={self.tokenizer!r}: use bpe:N (e.g. bpe:8192) or a Hugging Face tokenizer name")
-        if (bpe_size(self.tokenizer) or 258) < 258:   # the same rule as data.tokenizer.train_bpe, before any work
+        if (size := bpe_size(self.tokenizer)) is not None and size < 258:   # data.tokenizer.train_bpe's rule, early
             raise UserError(f"tokenizer={self.tokenizer}: needs at least 258 tokens (256 bytes, EOS, one merge); "
                             "e.g. bpe:2048")
         if self.param != "sp" and self.base_d_model:
