@@ -291,16 +291,15 @@ class ScanlineConfig(RunConfig):
 
     def validate(self) -> None:
         super().validate()
-        # The synthetic generator's classes (data.stm_synthetic.CLASS_NAMES; imported here, not at the
-        # top, so that the CLI's help stays free of numpy): the counts are checked before any work.
+        # The synthetic generator's classes (imported here, not at the top, so that the CLI's help
+        # stays free of numpy): the counts are checked before any work.
         from blueberry.data.stm_synthetic import CLASS_NAMES
 
         shares = parse_floats(self.class_shares, "class_shares")
         if len(shares) < 2 or any(x < 0 for x in shares) or not sum(shares) > 0:
             raise UserError(f"class_shares={self.class_shares!r}: give at least two non-negative shares, e.g. 0.25,0.25,0.25,0.25")
-        if self.data == "synthetic" and len(shares) != len(CLASS_NAMES):
-            raise UserError(f"class_shares={self.class_shares!r}: the synthetic data has {len(CLASS_NAMES)} classes "
-                            f"({', '.join(CLASS_NAMES)}); give {len(CLASS_NAMES)} non-negative shares")
+        if self.data == "synthetic":
+            self.synthetic_shares()
         if self.class_weights not in ("auto", "none"):
             weights = parse_floats(self.class_weights, "class_weights")
             k = len(CLASS_NAMES) if self.data == "synthetic" else len(weights)
@@ -315,6 +314,16 @@ class ScanlineConfig(RunConfig):
             raise UserError(f"n_heads={self.n_heads}: must divide d_model ({self.d_model})")
         if self.model == "vit" and self.image_size % self.patch_size and self.data == "synthetic":
             raise UserError(f"patch_size={self.patch_size}: must divide the line length image_size ({self.image_size})")
+
+    def synthetic_shares(self) -> list[float]:
+        """class_shares as the synthetic generator takes them: one non-negative share per class."""
+        from blueberry.data.stm_synthetic import CLASS_NAMES
+
+        shares, k = parse_floats(self.class_shares, "class_shares"), len(CLASS_NAMES)
+        if len(shares) != k or min(shares) < 0 or not sum(shares) > 0:
+            raise UserError(f"class_shares={self.class_shares!r}: the synthetic data has {k} classes "
+                            f"({', '.join(CLASS_NAMES)}); give {k} non-negative shares")
+        return shares
 
 
 # Metrics an evaluation returns (what best_metric may name), as opposed to training rows.

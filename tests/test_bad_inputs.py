@@ -57,7 +57,7 @@ CASES = [
     ("slurm-scanline-class-weights-count", ["slurm", "submit", "train", "--dry-run", "--task", "scanline", "--", "--class_weights", "1,2"], 2, "class_weights='1,2': give 4 non-negative numbers"),
     ("slurm-scanline-class-shares-count", ["slurm", "submit", "train", "--dry-run", "--task", "scanline", "--", "--class_shares", "1,2"], 2, "class_shares='1,2': the synthetic data has 4 classes"),
     ("slurm-bpe-too-small", ["slurm", "submit", "train", "--dry-run", "--", "--tokenizer", "bpe:100"], 2, "tokenizer=bpe:100: needs at least 258 tokens"),
-    ("bpe-zero", ["train", "lm", "--tokenizer", "bpe:0"], 2, "tokenizer=bpe:0: needs at least 258 tokens"),
+    ("slurm-bpe-zero", ["slurm", "submit", "train", "--dry-run", "--", "--tokenizer", "bpe:0"], 2, "tokenizer=bpe:0: needs at least 258 tokens"),
     ("resume-below-its-step", ["train", "lm", "--resume", "{run}", "--max_steps", "2"], 2, "max_steps=2: {run.name} is already at step 3 (step-0000003); give max_steps >= 3"),
     ("resume-in-more-processes-changes-the-batch", ["train", "lm", "--resume", "{run}", "--max_steps", "6"], 2, "step-0000003 was written by 1 process(es) with a global batch of 4 (batch_size 4 x grad_accum 1 x 1); 2 process(es) with batch_size 4 x grad_accum 1 would train on 8: pass a batch_size and grad_accum with batch_size x grad_accum x 2 = 4", {"WORLD_SIZE": "2"}),
 ]

@@ -85,22 +85,13 @@ def load_source(cfg: Any) -> ScanSource:
 def synthetic_key_info(cfg: Any) -> dict[str, Any]:
     """Everything that shapes the generated images; its hash names the cache file."""
     return {"format": VERSION, "generator": stm_synthetic.VERSION, "n_images": cfg.n_images,
-            "seed": cfg.data_seed, "image_size": cfg.image_size, "class_shares": _shares(cfg),
+            "seed": cfg.data_seed, "image_size": cfg.image_size, "class_shares": cfg.synthetic_shares(),
             "noise_level": cfg.noise_level}
 
 
 def synthetic_path(cfg: Any) -> Path:
     text = json.dumps(synthetic_key_info(cfg), sort_keys=True)
     return cache_root(cfg) / "scanline" / f"{hashlib.sha256(text.encode()).hexdigest()[:20]}.npz"
-
-
-def _shares(cfg: Any) -> list[float]:
-    shares = parse_floats(str(cfg.class_shares), "class_shares")
-    k = len(stm_synthetic.CLASS_NAMES)
-    if len(shares) != k or min(shares) < 0 or not sum(shares) > 0:
-        raise UserError(f"class_shares={cfg.class_shares!r}: the synthetic data has {k} classes "
-                        f"({', '.join(stm_synthetic.CLASS_NAMES)}); give {k} non-negative shares")
-    return shares
 
 
 def _synthetic(cfg: Any) -> ScanSource:
@@ -112,7 +103,7 @@ def _synthetic(cfg: Any) -> ScanSource:
             return source
         except UserError:
             pass   # a damaged cache file: make it again
-    arrays = stm_synthetic.generate_stm(cfg.n_images, cfg.data_seed, cfg.image_size, _shares(cfg),
+    arrays = stm_synthetic.generate_stm(cfg.n_images, cfg.data_seed, cfg.image_size, cfg.synthetic_shares(),
                                         cfg.noise_level)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
