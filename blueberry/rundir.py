@@ -75,9 +75,7 @@ def ensure_writable_dir(path: str | Path, field: str, hint: str = "give a writab
     try:
         if create:
             p.mkdir(parents=True, exist_ok=True)
-        elif not probe_in.is_dir():
-            raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(probe_in))
-        fd, probe = tempfile.mkstemp(dir=probe_in, prefix=".write-test-")
+        fd, probe = tempfile.mkstemp(dir=probe_in, prefix=".write-test-")   # in a file: ENOTDIR
         os.close(fd)
         os.unlink(probe)
     except OSError as e:

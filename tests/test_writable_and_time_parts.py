@@ -16,8 +16,13 @@ def test_a_probe_without_create_makes_nothing_and_judges_by_the_nearest_parent(t
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match=r"^out_dir=.*file/runs: cannot write there \(a file is in the way"):
         ensure_writable_dir(tmp_path / "file" / "runs", "out_dir", create=False)
-    with pytest.raises(UserError, match=r"^--out=/proc/bb/x: cannot write there"):
-        ensure_writable_dir("/proc/bb/x", "--out", create=False)
+    with pytest.raises(UserError, match=r"^out_dir=.*file: cannot write there \(a file is in the way"):
+        ensure_writable_dir(tmp_path / "file", "out_dir")       # made: the file is where the folder goes
+    assert ensure_writable_dir(target, "out_dir") == target      # there already: fine
+    for create in (False, True):
+        with pytest.raises(UserError, match=r"^--out=/proc/bb/x: cannot write there \(No such file or directory\); "
+                                            r"give a writable folder$"):
+            ensure_writable_dir("/proc/bb/x", "--out", create=create)
 
 
 @pytest.mark.parametrize("value", ["10", "10:30", "04:00:00", "1-12", "1-12:30", "1-12:30:00", "UNLIMITED", "infinite"])
