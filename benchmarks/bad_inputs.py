@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import shutil
 import subprocess
@@ -27,6 +26,8 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from blueberry.rundir import record_digest
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -181,12 +182,6 @@ def cases() -> list[dict]:
     return out
 
 
-def record(run: Path) -> dict[str, str]:
-    """Every file of the run dir by its SHA-256 (the lock file only names its last holder)."""
-    return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(run.rglob("*")) if p.is_file() and not p.is_symlink() and p.name != ".lock"}
-
-
 def check(case: dict, root: Path, finished: Path, index: int, timeout: float) -> dict:
     cwd = root / f"case-{index:04d}"
     cwd.mkdir()
@@ -196,7 +191,7 @@ def check(case: dict, root: Path, finished: Path, index: int, timeout: float) ->
     if case["run"]:
         run = cwd / "runs" / finished.name
         shutil.copytree(finished, run, symlinks=True)
-    before_run = record(run) if run else None
+    before_run = record_digest(run) if run else None
     before = sorted(str(p.relative_to(cwd)) for p in cwd.rglob("*"))
     where = dict(run=run, cwd=cwd, file=cwd / "a-file", repo=REPO)
     argv = [a.format(**where) for a in case["argv"]]
@@ -215,7 +210,7 @@ def check(case: dict, root: Path, finished: Path, index: int, timeout: float) ->
         faults.append("wrong exit")
     elif len(errors) != 1 or err.rstrip().splitlines()[-1] != errors[0]:
         faults.append("not one line")
-    if run is not None and record(run) != before_run:
+    if run is not None and record_digest(run) != before_run:
         faults.append("run changed")
     if sorted(str(p.relative_to(cwd)) for p in cwd.rglob("*")) != before:
         faults.append("wrote files")

@@ -124,6 +124,18 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def record_digest(run_dir: Path) -> dict[str, str]:
+    """Every file of a run dir (checkpoints included) by its SHA-256, and where `best` points; the
+    lock file only names the last process that held it. Equal before and after = nothing was written."""
+    import hashlib
+
+    run_dir = Path(run_dir)
+    files = {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in sorted(run_dir.rglob("*")) if p.is_file() and not p.is_symlink() and p.name != LOCK}
+    files["best ->"] = str((run_dir / CHECKPOINTS / "best").resolve())
+    return files
+
+
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Write a whole file (text as UTF-8, or bytes) or nothing: a crash leaves the previous
     version in place. Permissions follow the umask, like any file (mkstemp alone gives 0600)."""

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from blueberry.rundir import record_digest as run_record  # noqa: F401  (tests import it from here)
+
 _BASE = Path(tempfile.mkdtemp(prefix="blueberry-tests-"))
 atexit.register(shutil.rmtree, _BASE, ignore_errors=True)
 for _var in ("WANDB_API_KEY", "WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_BASE_URL", "WANDB_PROJECT",
@@ -36,17 +38,6 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300
     merged = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "blueberry.cli", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env={k: v for k, v in merged.items() if v is not None})
-
-
-def run_record(run: Path) -> dict[str, str]:
-    """Every file of a run dir (checkpoints included) by its SHA-256, and where `best` points; the
-    lock file only names the last process that held it. Equal before and after = nothing was written."""
-    import hashlib
-
-    files = {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
-             for p in sorted(Path(run).rglob("*")) if p.is_file() and not p.is_symlink() and p.name != ".lock"}
-    files["best ->"] = str((Path(run) / "checkpoints" / "best").resolve())
-    return files
 
 
 def run_dirs(out: Path) -> list[Path]:
